@@ -1,0 +1,141 @@
+"""Jinja extensions for the template: answer-validating filters and the derived context.
+
+Everything that more than one file needs to know about the answers is computed here once,
+so templates say ``{% if needs_redis %}`` instead of repeating compound conditions.
+The hook runs on every render (including the replay of an old version during
+``copier update``): keep it pure and tolerant of missing answers.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import sys
+from typing import Any
+
+from copier_template_extensions import ContextHook
+from jinja2.ext import Extension
+
+_SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+_IDENTIFIER_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
+
+# Names a generated package must not take: they would shadow the standard library or an
+# import the project itself makes.
+_DEPENDENCY_MODULES = frozenset(
+    {
+        "alembic", "aio_pika", "aiosmtplib", "aiosqlite", "asyncpg", "fastapi", "httpx",
+        "jinja2", "orjson", "pydantic", "pydantic_settings", "pytest", "redis", "sqlalchemy",
+        "starlette", "taskiq", "taskiq_aio_pika", "taskiq_fastapi", "taskiq_redis",
+        "tests", "uvicorn", "migrations", "src",
+    }
+)
+
+
+def slugify(value: str) -> str:
+    """Turn a free-form project name into a lowercase, dash-separated slug."""
+    slug = re.sub(r"[^a-z0-9]+", "-", str(value).lower()).strip("-")
+    return re.sub(r"^[0-9-]+", "", slug)
+
+
+def is_valid_slug(value: str) -> bool:
+    return bool(_SLUG_RE.match(str(value)))
+
+
+def is_valid_identifier(value: str) -> bool:
+    return bool(_IDENTIFIER_RE.match(str(value))) and not keyword.iskeyword(str(value))
+
+
+def is_reserved_name(value: str) -> bool:
+    return str(value) in sys.stdlib_module_names or str(value) in _DEPENDENCY_MODULES
+
+
+def is_valid_email(value: str) -> bool:
+    return bool(_EMAIL_RE.match(str(value)))
+
+
+class TemplateFilters(Extension):
+    """Filters used by copier.yml defaults and validators."""
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        environment.filters.update(
+            slugify=slugify,
+            is_valid_slug=is_valid_slug,
+            is_valid_identifier=is_valid_identifier,
+            is_reserved_name=is_reserved_name,
+            is_valid_email=is_valid_email,
+        )
+
+
+# Pinned lower bounds of the libraries whose behaviour the generated code relies on.
+_BASE_DEPENDENCIES = [
+    "alembic>=1.14",
+    "fastapi>=0.115",
+    "orjson>=3.10",
+    "pydantic>=2.9",
+    "pydantic-settings>=2.6",
+    "sqlalchemy[asyncio]>=2.0.36",
+    "aiosqlite>=0.20",
+    "asyncpg>=0.30",
+    "taskiq>=0.13,<0.14",
+    "taskiq-fastapi>=0.5",
+    "uvicorn[standard]>=0.32",
+]
+_REDIS_DEPENDENCIES = ["redis>=5.2", "taskiq-redis>=1.2.4,<1.3"]
+_RABBITMQ_DEPENDENCIES = ["aio-pika>=9.5", "taskiq-aio-pika>=0.6.1,<0.7"]
+_EMAIL_DEPENDENCIES = ["aiosmtplib>=3.0", "email-validator>=2.2", "jinja2>=3.1"]
+_DEV_DEPENDENCIES = [
+    "httpx>=0.28",
+    "mypy>=1.13",
+    "pytest>=8.3",
+    "pytest-asyncio>=0.24",
+    "ruff>=0.8",
+]
+_EMAIL_DEV_DEPENDENCIES = ["aiosmtpd>=1.4"]
+
+
+def derive(answers: dict[str, Any]) -> dict[str, Any]:
+    """Compute every value derived from the answers (pure; used by the hook and by tests)."""
+    broker = answers.get("broker", "redis")
+    result_backend = answers.get("result_backend", "redis")
+    include_email = bool(answers.get("include_email", False))
+    python_version = str(answers.get("python_version", "3.12"))
+
+    needs_redis = broker == "redis" or result_backend == "redis"
+    needs_rabbitmq = broker == "rabbitmq"
+
+    dependencies = list(_BASE_DEPENDENCIES)
+    if needs_redis:
+        dependencies += _REDIS_DEPENDENCIES
+    if needs_rabbitmq:
+        dependencies += _RABBITMQ_DEPENDENCIES
+    if include_email:
+        dependencies += _EMAIL_DEPENDENCIES
+    dev_dependencies = list(_DEV_DEPENDENCIES)
+    if include_email:
+        dev_dependencies += _EMAIL_DEV_DEPENDENCIES
+
+    services = ["postgres"]
+    if needs_redis:
+        services.append("redis")
+    if needs_rabbitmq:
+        services.append("rabbitmq")
+
+    return {
+        "needs_redis": needs_redis,
+        "needs_rabbitmq": needs_rabbitmq,
+        "has_result_backend": result_backend != "none",
+        "dependencies": sorted(dependencies, key=str.lower),
+        "dev_dependencies": sorted(dev_dependencies, key=str.lower),
+        "services": services,
+        "python_target": "py" + python_version.replace(".", ""),
+        "redis_db_default": int(answers.get("redis_db", 3) or 0),
+    }
+
+
+class ContextUpdater(ContextHook):
+    """Adds the derived values to every render's context."""
+
+    def hook(self, context: dict[str, Any]) -> None:  # type: ignore[override]
+        context.update(derive(context))

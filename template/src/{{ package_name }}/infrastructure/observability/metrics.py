@@ -1,0 +1,166 @@
+"""Prometheus metrics: GET /metrics on the API, taskiq's PrometheusMiddleware in the worker.
+
+prometheus_client chooses where metric values live when it is first imported: in the process,
+or in one file per process under PROMETHEUS_MULTIPROC_DIR when that variable is set. Worker
+processes need the files (the one process that holds the metrics port reports them all); the
+API does not. So this module imports prometheus_client only inside functions, after the worker
+has set the variable, never at import time.
+"""
+
+import os
+import tempfile
+import time
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, FastAPI, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from taskiq import AsyncBroker, TaskiqEvents, TaskiqState
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter, Histogram
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DEFAULT_WORKER_METRICS_DIR = Path(tempfile.gettempdir()) / "taskiq-metrics"
+
+
+# --- worker ------------------------------------------------------------------------------------
+
+
+def worker_metrics_dir() -> Path:
+    """$PROMETHEUS_MULTIPROC_DIR, or a directory under the system's temporary directory."""
+    return Path(os.environ.get(MULTIPROC_DIR_ENV) or DEFAULT_WORKER_METRICS_DIR)
+
+
+def reset_worker_metrics_dir(path: Path | None = None) -> Path:
+    """Empty the worker's metrics directory and point PROMETHEUS_MULTIPROC_DIR at it.
+
+    Call once in the worker's main process before it starts the worker processes (which
+    inherit the variable). taskiq's middleware never removes the files, so without this a
+    restarted worker would add the previous run's counts to its own. Only prometheus_client's
+    `*.db` files are removed.
+    """
+    directory = path if path is not None else worker_metrics_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    os.environ[MULTIPROC_DIR_ENV] = str(directory)
+    return directory
+
+
+def _use_multiprocess_values(directory: Path) -> None:
+    """Make metrics created from now on in this process write to `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROC_DIR_ENV] = str(directory)
+    from prometheus_client import values
+
+    # Something imported prometheus_client before the variable was set: switch it over once.
+    # (Never replace a multiprocess class: two of them would share the same files.)
+    if values.ValueClass is values.MutexValue:
+        values.ValueClass = values.get_value_class()
+
+
+def install_worker_metrics(broker: AsyncBroker, *, port: int, addr: str = "0.0.0.0") -> None:
+    """Serve task metrics on `addr:port` from worker processes; `port` 0 turns them off.
+
+    taskiq's PrometheusMiddleware is added at worker start-up, so the API process (which builds
+    the same broker to send tasks) neither creates the task metrics nor touches the directory.
+    Every worker process records into the shared directory; the first one to bind the port
+    serves the sum for all of them.
+    """
+    if port <= 0:
+        return
+
+    async def add_prometheus_middleware(state: TaskiqState) -> None:
+        _use_multiprocess_values(worker_metrics_dir())
+        from taskiq.middlewares.prometheus_middleware import PrometheusMiddleware
+
+        # Added before the broker starts its middlewares, so its startup() opens the port.
+        broker.add_middlewares(
+            PrometheusMiddleware(metrics_path=worker_metrics_dir(), server_port=port, server_addr=addr)
+        )
+
+    broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, add_prometheus_middleware)
+
+
+# --- API ---------------------------------------------------------------------------------------
+
+
+@cache
+def _http_metrics() -> tuple["Counter", "Histogram"]:
+    """The API's request metrics, created once per process (however many apps are built)."""
+    from prometheus_client import Counter, Histogram
+
+    requests = Counter(
+        "http_requests_total",
+        "HTTP requests handled, by method, route template and status code",
+        ["method", "route", "status"],
+    )
+    duration = Histogram(
+        "http_request_duration_seconds",
+        "Time to handle an HTTP request, by method and route template",
+        ["method", "route"],
+    )
+    return requests, duration
+
+
+class HttpMetricsMiddleware:
+    """Counts and times every HTTP request by its route template (not its path: bounded labels)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        requests, duration = _http_metrics()
+        status_code = 500
+        started = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "<unmatched>"
+            method = scope["method"]
+            requests.labels(method, route, str(status_code)).inc()
+            duration.labels(method, route).observe(time.perf_counter() - started)
+
+
+def _latest_metrics() -> tuple[bytes, str]:
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+    registry: Any = REGISTRY
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        # Several API processes (uvicorn --workers) share a directory: report all of them.
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+metrics_router = APIRouter(tags=["observability"])
+
+
+@metrics_router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    body, content_type = _latest_metrics()
+    return Response(content=body, media_type=content_type)
+
+
+def install_api_metrics(app: FastAPI) -> None:
+    """Add GET /metrics (Prometheus text format) and request metrics to the app.
+
+    The request metrics are created at the first request, so building the app (which a worker
+    process does too) does not import prometheus_client.
+    """
+    app.add_middleware(HttpMetricsMiddleware)
+    app.include_router(metrics_router)
