@@ -27,7 +27,7 @@ _DEPENDENCY_MODULES = frozenset(
         "alembic", "aio_pika", "aiosmtplib", "aiosqlite", "asyncpg", "fastapi", "httpx",
         "jinja2", "orjson", "pydantic", "pydantic_settings", "pytest", "redis", "sqlalchemy",
         "starlette", "taskiq", "taskiq_aio_pika", "taskiq_fastapi", "taskiq_redis",
-        "tests", "uvicorn", "migrations", "src",
+        "tests", "uvicorn", "migrations", "src", "prometheus_client", "watchfiles",
     }
 )
 
@@ -78,13 +78,16 @@ _BASE_DEPENDENCIES = [
     "sqlalchemy[asyncio]>=2.0.36",
     "aiosqlite>=0.20",
     "asyncpg>=0.30",
-    "taskiq>=0.13,<0.14",
+    "prometheus-client>=0.21",  # the API's GET /metrics (observability/metrics.py)
+    "taskiq[metrics]>=0.13,<0.14",  # [metrics]: the worker's PrometheusMiddleware
     "taskiq-fastapi>=0.5",
     "uvicorn[standard]>=0.32",
 ]
 _REDIS_DEPENDENCIES = ["redis>=5.2", "taskiq-redis>=1.2.4,<1.3"]
 _RABBITMQ_DEPENDENCIES = ["aio-pika>=9.5", "taskiq-aio-pika>=0.6.1,<0.7"]
 _EMAIL_DEPENDENCIES = ["aiosmtplib>=3.0", "email-validator>=2.2", "jinja2>=3.1"]
+# anyio: shielded writes of cron run records; tzdata: cron time zones where the OS has none.
+_SCHEDULER_DEPENDENCIES = ["anyio>=4.4", "tzdata>=2024.1"]
 _DEV_DEPENDENCIES = [
     "httpx>=0.28",
     "mypy>=1.13",
@@ -112,6 +115,8 @@ def derive(answers: dict[str, Any]) -> dict[str, Any]:
         dependencies += _RABBITMQ_DEPENDENCIES
     if include_email:
         dependencies += _EMAIL_DEPENDENCIES
+    if bool(answers.get("include_scheduler", True)):
+        dependencies += _SCHEDULER_DEPENDENCIES
     dev_dependencies = list(_DEV_DEPENDENCIES)
     if include_email:
         dev_dependencies += _EMAIL_DEV_DEPENDENCIES
@@ -126,6 +131,8 @@ def derive(answers: dict[str, Any]) -> dict[str, Any]:
         "needs_redis": needs_redis,
         "needs_rabbitmq": needs_rabbitmq,
         "has_result_backend": result_backend != "none",
+        # The system-wide email fan-out needs someone to write to: a minimal users table.
+        "include_users": include_email,
         "dependencies": sorted(dependencies, key=str.lower),
         "dev_dependencies": sorted(dev_dependencies, key=str.lower),
         "services": services,

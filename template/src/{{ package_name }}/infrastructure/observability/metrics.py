@@ -58,11 +58,13 @@ def _use_multiprocess_values(directory: Path) -> None:
     # Something imported prometheus_client before the variable was set: switch it over once.
     # (Never replace a multiprocess class: two of them would share the same files.)
     if values.ValueClass is values.MutexValue:
-        values.ValueClass = values.get_value_class()
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
 
 
-def install_worker_metrics(broker: AsyncBroker, *, port: int, addr: str = "0.0.0.0") -> None:
-    """Serve task metrics on `addr:port` from worker processes; `port` 0 turns them off.
+def install_worker_metrics(
+    broker: AsyncBroker, *, host: str = "127.0.0.1", port: int = 9000
+) -> None:
+    """Serve task metrics on `host:port` from worker processes; `port` 0 turns them off.
 
     taskiq's PrometheusMiddleware is added at worker start-up, so the API process (which builds
     the same broker to send tasks) neither creates the task metrics nor touches the directory.
@@ -78,7 +80,9 @@ def install_worker_metrics(broker: AsyncBroker, *, port: int, addr: str = "0.0.0
 
         # Added before the broker starts its middlewares, so its startup() opens the port.
         broker.add_middlewares(
-            PrometheusMiddleware(metrics_path=worker_metrics_dir(), server_port=port, server_addr=addr)
+            PrometheusMiddleware(
+                metrics_path=worker_metrics_dir(), server_port=port, server_addr=host
+            )
         )
 
     broker.add_event_handler(TaskiqEvents.WORKER_STARTUP, add_prometheus_middleware)
@@ -143,7 +147,7 @@ def _latest_metrics() -> tuple[bytes, str]:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

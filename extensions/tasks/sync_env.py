@@ -1,0 +1,111 @@
+"""Copier task: keep the project's `.env` usable when the answers change.
+
+Usage (copier runs it from the project's root, see `_tasks` in copier.yml):
+
+    python sync_env.py --broker redis|rabbitmq
+
+`.env` is the user's file: copier renders it once and never overwrites it (`_skip_if_exists`).
+After `copier update --data broker=rabbitmq` it would still say `TASKIQ_BROKER_TYPE=redis`,
+which the regenerated settings refuse, so the API, the worker and the tests would all fail to
+start. This sets that one variable to the answered broker (a deliberate `memory` is kept) and
+only names, without writing them, the variables of `.env.example` that `.env` does not set.
+
+Silent when there is nothing to do, idempotent, standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+_ASSIGNMENT = re.compile(
+    r"^(?P<lead>\s*(?:export\s+)?)(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<eq>\s*=\s*)(?P<value>.*?)"
+    r"(?P<ending>\r?\n)?$",
+    re.DOTALL,
+)
+BROKER_VARIABLE = "TASKIQ_BROKER_TYPE"
+# A value the generated settings accept for any broker answer.
+ALWAYS_VALID = "memory"
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value.split(" #", 1)[0].strip()
+
+
+def assigned_names(text: str) -> set[str]:
+    """Upper-cased names of the variables a dotenv text sets (settings ignore case)."""
+    return {
+        match["name"].upper()
+        for line in text.splitlines()
+        if (match := _ASSIGNMENT.match(line)) is not None
+    }
+
+
+def sync_broker(text: str, broker: str) -> tuple[str, list[str]]:
+    """Point TASKIQ_BROKER_TYPE at `broker` unless it already names it (or `memory`)."""
+    lines = text.splitlines(keepends=True)
+    done = []
+    for index, line in enumerate(lines):
+        match = _ASSIGNMENT.match(line)
+        if match is None or match["name"].upper() != BROKER_VARIABLE:
+            continue
+        current = _unquote(match["value"]).lower()
+        if current in {broker, ALWAYS_VALID}:
+            continue
+        lines[index] = f"{match['lead']}{match['name']}{match['eq']}{broker}{match['ending'] or ''}"
+        done.append(f"{match['name']}: {current or '(empty)'} -> {broker}")
+    return "".join(lines), done
+
+
+def _read(path: Path) -> str:
+    with path.open(encoding="utf-8", newline="") as fh:  # keep \r\n line endings
+        return fh.read()
+
+
+def _write_keeping_mode(path: Path, text: str) -> None:
+    mode = path.stat().st_mode
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--broker", required=True)
+    parser.add_argument("--file", default=".env")
+    parser.add_argument("--example", default=".env.example")
+    args = parser.parse_args(argv)
+    env_path, example_path = Path(args.file), Path(args.example)
+    if not env_path.is_file():
+        return 0
+    text = _read(env_path)
+    new_text, done = sync_broker(text, args.broker.lower())
+    if done:
+        _write_keeping_mode(env_path, new_text)
+        print(f"{env_path}: {'; '.join(done)} (the broker answer changed)")
+    if example_path.is_file():
+        example = _read(example_path)
+        missing = sorted(assigned_names(example) - assigned_names(new_text))
+        if missing:
+            print(
+                f"{env_path} does not set {', '.join(missing)}: their defaults apply "
+                f"(see {example_path})"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

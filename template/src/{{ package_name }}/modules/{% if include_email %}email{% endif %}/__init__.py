@@ -1,0 +1,1 @@
+"""Email: SMTP delivery, message templates, and the tasks that send them."""

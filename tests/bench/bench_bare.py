@@ -1,0 +1,74 @@
+"""A bare taskiq broker: what a user gets from taskiq's documentation, nothing added.
+
+The same broker class and settings the generated project uses (queue, consumer group,
+prefetch = max async tasks), the same result backend, and the same no-op task: no middlewares,
+no task states, no metrics, taskiq's default logging. Configured by the environment:
+BENCH_BROKER (redis | rabbitmq), BENCH_QUEUE, BENCH_REDIS_URL, BENCH_RABBITMQ_URL,
+BENCH_RESULT_BACKEND (redis | none), BENCH_CONCURRENCY.
+"""
+
+from __future__ import annotations
+
+import os
+
+from bench_probe import probe
+from taskiq import AsyncBroker
+
+
+def make_broker(
+    kind: str, queue: str, *, result_backend: str, concurrency: int = 100
+) -> AsyncBroker:
+    broker: AsyncBroker
+    if kind == "redis":
+        from taskiq_redis import RedisStreamBroker
+
+        broker = RedisStreamBroker(
+            url=os.environ["BENCH_REDIS_URL"],
+            queue_name=queue,
+            consumer_group_name=queue,
+            # "0": messages sent before the group existed are delivered (as generated).
+            consumer_id="0",
+            xread_count=concurrency,
+            max_connection_pool_size=concurrency + 10,
+        )
+    else:
+        from taskiq_aio_pika import AioPikaBroker, Exchange, Queue
+
+        broker = AioPikaBroker(
+            url=os.environ["BENCH_RABBITMQ_URL"],
+            exchange=Exchange(name=queue),
+            task_queues=[Queue(name=queue)],
+            dead_letter_queue=Queue(name=f"{queue}.dead_letter"),
+            qos=concurrency,
+        )
+    if result_backend == "redis":
+        from taskiq.serializers import ORJSONSerializer
+        from taskiq_redis import RedisAsyncResultBackend
+
+        broker = broker.with_result_backend(
+            RedisAsyncResultBackend(
+                redis_url=os.environ["BENCH_REDIS_URL"],
+                serializer=ORJSONSerializer(),
+                result_ex_time=3600,
+                prefix_str=f"{queue}:result",
+            )
+        )
+    return broker
+
+
+broker = make_broker(
+    os.environ.get("BENCH_BROKER", "redis"),
+    os.environ.get("BENCH_QUEUE", "bench-bare"),
+    result_backend=os.environ.get("BENCH_RESULT_BACKEND", "none"),
+    concurrency=int(os.environ.get("BENCH_CONCURRENCY", "100")),
+)
+
+
+@broker.task(task_name="bench:noop")
+async def noop(sent_at: float) -> None:
+    probe.hit(sent_at)
+
+
+@broker.task(task_name="notes:create")
+async def create_note(title: str, body: str) -> None:
+    """What the bare API sends (no worker runs it during the API benchmark)."""

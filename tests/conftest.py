@@ -1,0 +1,210 @@
+"""Fixtures of the template's test harness (see helpers.py for the machinery)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import helpers
+import pytest
+from helpers import IN_CI, Combo
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Background runs (generated test suites) die with the session, also on -x or Ctrl-C.
+    config.add_cleanup(helpers.kill_active_runs)
+    # A user's own copier settings (defaults:, trust) must not leak into the renders.
+    # An empty YAML mapping: copier refuses a file that parses to None.
+    fd, path = tempfile.mkstemp(prefix="copier-settings-", suffix=".yml")
+    os.write(fd, b"{}\n")
+    os.close(fd)
+    os.environ["COPIER_SETTINGS_PATH"] = path
+    config.add_cleanup(lambda: Path(path).unlink(missing_ok=True))
+
+
+def unavailable(reason: str) -> None:
+    """A missing prerequisite fails under CI=true and skips elsewhere."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: prerequisites must be present)", pytrace=False)
+    pytest.skip(reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering, once per combination per session
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rendered:
+    combo: Combo
+    path: Path
+    files: tuple[Path, ...]  # relative paths, as rendered (before any tool ran in the project)
+
+    @property
+    def package_dir(self) -> Path:
+        return self.path / "src" / self.combo.package
+
+    def __repr__(self) -> str:
+        return f"Rendered({self.combo.id} at {self.path})"
+
+
+class RenderCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._done: dict[str, Rendered | BaseException] = {}
+
+    def __call__(self, combo: Combo) -> Rendered:
+        if combo.id not in self._done:
+            dst = self.root / combo.id
+            try:
+                helpers.render(dst, combo.answers)
+                self._done[combo.id] = Rendered(combo, dst, tuple(helpers.rendered_files(dst)))
+            except Exception as exc:
+                self._done[combo.id] = exc
+        outcome = self._done[combo.id]
+        if isinstance(outcome, BaseException):
+            pytest.fail(f"rendering {combo.id} failed: {outcome!r}", pytrace=False)
+        return outcome
+
+
+@pytest.fixture(scope="session")
+def render_cache(tmp_path_factory: pytest.TempPathFactory) -> RenderCache:
+    return RenderCache(tmp_path_factory.mktemp("rendered"))
+
+
+@pytest.fixture
+def rendered(render_cache: RenderCache, combo: Combo) -> Rendered:
+    """The project rendered for the test's `combo` parameter (shared by every test)."""
+    return render_cache(combo)
+
+
+# ---------------------------------------------------------------------------------------------
+# Services
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def service_status() -> dict[str, tuple[str, int, bool]]:
+    return {
+        name: (host, port, helpers.is_reachable(host, port))
+        for name, (host, port) in helpers.service_addresses().items()
+    }
+
+
+@pytest.fixture(scope="session")
+def require_services(
+    service_status: dict[str, tuple[str, int, bool]],
+) -> Callable[[Iterable[str]], None]:
+    def require(names: Iterable[str]) -> None:
+        down = [
+            f"{name} ({host}:{port})"
+            for name in names
+            for host, port, up in [service_status[name]]
+            if not up
+        ]
+        if down:
+            unavailable("service not reachable: " + ", ".join(down))
+
+    return require
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared virtual environments, one per python_version choice
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def union_requirements() -> list[str]:
+    return helpers.union_requirements()
+
+
+@pytest.fixture(scope="session")
+def shared_python(union_requirements: list[str]) -> Callable[[str], Path]:
+    """shared_python("3.12") -> the python of a venv holding every combination's dependencies."""
+    built: dict[str, Path | BaseException] = {}
+
+    def get(version: str) -> Path:
+        interpreter, how = helpers.find_interpreter(version)
+        if interpreter is None:
+            unavailable(how)
+        assert interpreter is not None
+        if version not in built:
+            try:
+                built[version] = helpers.shared_env(version, interpreter, union_requirements)
+            except Exception as exc:
+                built[version] = exc
+        outcome = built[version]
+        if isinstance(outcome, BaseException):
+            pytest.fail(f"building the Python {version} venv failed: {outcome}", pytrace=False)
+        return outcome
+
+    return get
+
+
+# ---------------------------------------------------------------------------------------------
+# Background runs: the generated test suites wait on workers, schedulers and brokers far more
+# than they compute, so several run at once (TEMPLATE_MATRIX_JOBS, default 2) while pytest
+# itself stays serial. Each test still reports its own combination's result.
+# ---------------------------------------------------------------------------------------------
+
+_SELECTED = pytest.StashKey[dict[str, list[Combo]]]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Remember, per test function, the combinations that were selected (after -k / -m)."""
+    selected: dict[str, list[Combo]] = {}
+    for item in session.items:
+        callspec = getattr(item, "callspec", None)
+        combo = callspec.params.get("combo") if callspec else None
+        if isinstance(combo, Combo):
+            selected.setdefault(getattr(item, "originalname", item.name), []).append(combo)
+    session.config.stash[_SELECTED] = selected
+
+
+Prepared = tuple[list[str], Path, dict[str, str], float]  # (cmd, cwd, env, timeout)
+
+
+class BackgroundRuns:
+    def __init__(self, config: pytest.Config, jobs: int) -> None:
+        self._config = config
+        self._executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="matrix")
+        self._futures: dict[tuple[str, str], Future[helpers.Completed]] = {}
+        self._started: set[str] = set()
+
+    def _submit(self, key: tuple[str, str], prepared: Prepared) -> None:
+        cmd, cwd, env, timeout = prepared
+        self._futures[key] = self._executor.submit(helpers.run, cmd, cwd, env, timeout)
+
+    def result(
+        self, test: str, combo: Combo, prepare: Callable[[Combo], Prepared]
+    ) -> helpers.Completed:
+        """The run for (test, combo); on the first call for `test`, start those of every
+        selected combination. `prepare` runs in the main thread (rendering is not
+        thread-safe) and may skip or fail; it is redone for the test that owns it."""
+        if test not in self._started:
+            self._started.add(test)
+            for other in self._config.stash.get(_SELECTED, {}).get(test, []):
+                try:
+                    prepared = prepare(other)
+                except (Exception, pytest.skip.Exception, pytest.fail.Exception):
+                    continue  # its own test calls prepare again and reports why
+                self._submit((test, other.id), prepared)
+        if (test, combo.id) not in self._futures:
+            self._submit((test, combo.id), prepare(combo))
+        return self._futures[(test, combo.id)].result()
+
+    def close(self) -> None:
+        helpers.kill_active_runs()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture(scope="session")
+def background_runs(request: pytest.FixtureRequest) -> Iterator[BackgroundRuns]:
+    jobs = max(1, int(os.environ.get("TEMPLATE_MATRIX_JOBS", "2")))
+    runs = BackgroundRuns(request.config, jobs)
+    yield runs
+    runs.close()

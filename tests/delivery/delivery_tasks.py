@@ -1,0 +1,42 @@
+"""Test-only tasks that the delivery scenarios add to a generated project's worker.
+
+Imported by `taskiq worker <pkg>...:default_broker delivery_tasks` with this directory on
+PYTHONPATH; never part of a generated project. DELIVERY_PACKAGE names the project's package,
+DELIVERY_MARKERS a directory where tasks leave `started-<id>-<pid>` / `finished-<id>-<pid>`.
+"""
+
+import asyncio
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from taskiq import Context, TaskiqDepends
+
+_PACKAGE = os.environ["DELIVERY_PACKAGE"]
+_MARKERS = Path(os.environ["DELIVERY_MARKERS"])
+_registry = importlib.import_module(f"{_PACKAGE}.infrastructure.taskiq.registry")
+_deps = importlib.import_module(f"{_PACKAGE}.infrastructure.taskiq.deps")
+_notes = importlib.import_module(f"{_PACKAGE}.modules.notes.service")
+
+# taskiq builds the dependency graph from these annotations at run time.
+DBSession: Any = _deps.DBSession
+INJECTED = TaskiqDepends()  # the worker fills parameters defaulting to this
+
+
+async def sleep_then_write(
+    seconds: float,
+    title: str,
+    session: DBSession = INJECTED,
+    context: Context = INJECTED,
+) -> int:
+    """Sleep, then write the note for this task id (once, like the example task)."""
+    task_id = context.message.task_id
+    (_MARKERS / f"started-{task_id}-{os.getpid()}").touch()
+    await asyncio.sleep(seconds)
+    note_id: int = await _notes.create_note_once(session, task_id=task_id, title=title, body="")
+    (_MARKERS / f"finished-{task_id}-{os.getpid()}").touch()
+    return note_id
+
+
+sleep_task = _registry.register_task("delivery:sleep")(sleep_then_write)

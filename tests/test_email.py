@@ -1,0 +1,147 @@
+"""The include_email option: what it adds, what it leaves out, and its generated tests.
+
+Once per broker, a project with include_email runs its own `-m email` tests in the shared venv:
+a real SMTP server (aiosmtpd) started by those tests, the real worker, broker and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import helpers
+import pytest
+from conftest import RenderCache, Rendered
+from helpers import Combo
+
+pytestmark = pytest.mark.email
+
+EMAIL_TASKS = {
+    "email:send": "send_email_task",
+    "email:send_bulk": "send_bulk_email_task",
+    "email:welcome": "send_welcome_email_task",
+    "email:password_reset": "send_password_reset_email_task",
+    "email:verification": "send_verification_email_task",
+    "email:notification": "send_notification_email_task",
+    "email:system_wide_notification": "send_system_wide_notification_emails_task",
+}
+MESSAGE_TYPES = ("welcome", "password_reset", "verification", "notification")
+SMTP_SETTINGS = (
+    "SMTP_HOST",
+    "SMTP_PORT",
+    "SMTP_USER",
+    "SMTP_PASSWORD",
+    "SMTP_SECURITY",
+    "SMTP_FROM",
+    "SMTP_TIMEOUT_SECONDS",
+)
+
+# One project per broker, and between them both result backends and both retry answers.
+_PREFERRED = {
+    "redis": {"result_backend": "redis", "include_retry": True},
+    "rabbitmq": {"result_backend": "none", "include_retry": False},
+}
+
+
+def _pick(broker: str, include_email: bool) -> Combo:
+    candidates = [
+        combo
+        for combo in helpers.combos()
+        if combo.answers.get("broker") == broker
+        and bool(combo.answers.get("include_email")) is include_email
+    ]
+    assert candidates, f"no combination with broker={broker} include_email={include_email}"
+    preferred = _PREFERRED[broker]
+    for combo in candidates:
+        if all(combo.answers.get(name) == value for name, value in preferred.items()):
+            return combo
+    return candidates[0]
+
+
+EMAIL_COMBOS = [_pick(broker, True) for broker in _PREFERRED]
+PLAIN_COMBOS = [_pick(broker, False) for broker in _PREFERRED]
+
+
+def _read(rendered: Rendered, relative: str) -> str:
+    return (rendered.path / relative.format(pkg=rendered.combo.package)).read_text("utf-8")
+
+
+@pytest.mark.parametrize("combo", EMAIL_COMBOS, ids=str)
+def test_the_option_adds_the_module_tasks_templates_settings_and_users(
+    render_cache: RenderCache, combo: Combo
+) -> None:
+    rendered = render_cache(combo)
+
+    tasks = _read(rendered, "src/{pkg}/modules/email/tasks.py")
+    for name, function in EMAIL_TASKS.items():
+        assert re.search(rf'@register_task\("{name}"[^)]*\)\nasync def {function}\(', tasks), name
+    templates = rendered.package_dir / "modules" / "email" / "templates"
+    for kind in MESSAGE_TYPES:
+        for part in ("subject.txt", "body.txt", "body.html"):
+            assert (templates / kind / part).is_file(), f"{kind}/{part}"
+    env_example = _read(rendered, ".env.example")
+    for variable in SMTP_SETTINGS:
+        assert re.search(rf"^{variable}=", env_example, re.MULTILINE), variable
+    settings = _read(rendered, "src/{pkg}/infrastructure/config/settings.py")
+    for variable in SMTP_SETTINGS:
+        assert f"    {variable.lower()}:" in settings, variable
+    migration = _read(rendered, "migrations/versions/0005_users.py")
+    assert 'revision: str = "0005_users"' in migration
+    assert 'down_revision: str | None = "0001"' in migration
+    assert '("users",)' in migration
+    assert (rendered.package_dir / "modules" / "users" / "models.py").is_file()
+    readme = _read(rendered, "README.md")
+    assert "Mailpit" in readme and "127.0.0.1:1025" in readme and "127.0.0.1:8025" in readme
+    dependencies = " ".join(combo.derived["dependencies"] + combo.derived["dev_dependencies"])
+    for package in ("aiosmtplib", "email-validator", "jinja2", "aiosmtpd"):
+        assert package in dependencies, package
+
+
+@pytest.mark.parametrize("combo", PLAIN_COMBOS, ids=str)
+def test_without_the_option_there_is_no_smtp_code_or_dependency(
+    render_cache: RenderCache, combo: Combo
+) -> None:
+    rendered = render_cache(combo)
+
+    assert not (rendered.package_dir / "modules" / "email").exists()
+    assert not (rendered.package_dir / "modules" / "users").exists()
+    assert not (rendered.path / "migrations" / "versions" / "0005_users.py").exists()
+    assert not (rendered.path / "tests" / "smtp_sink.py").exists()
+    for relative in (".env.example", "src/{pkg}/infrastructure/config/settings.py", "README.md"):
+        assert not re.search(r"smtp", _read(rendered, relative), re.IGNORECASE), relative
+    dependencies = combo.derived["dependencies"] + combo.derived["dev_dependencies"]
+    assert not [d for d in dependencies if d.startswith(("aiosmtplib", "aiosmtpd"))]
+
+
+@pytest.mark.parametrize("combo", EMAIL_COMBOS, ids=str)
+def test_the_generated_email_tests_pass_against_real_services(
+    render_cache: RenderCache,
+    combo: Combo,
+    shared_python: Callable[[str], Path],
+    require_services: Callable[[list[str]], None],
+) -> None:
+    require_services(combo.derived["services"])
+    rendered = render_cache(combo)
+    python = shared_python(str(combo.answers["python_version"]))
+
+    proc = helpers.run(
+        [str(python), "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "email"],
+        cwd=rendered.path,
+        env=helpers.generated_test_env(combo),
+        timeout=600,
+    )
+
+    assert proc.returncode == 0, helpers.explain(proc)
+    # CI=true: nothing may skip. The SMTP round trips, bulk, fan-out and refused connection ran.
+    assert " SKIPPED" not in proc.stdout, helpers.explain(proc)
+    for test in (
+        "test_a_message_from_the_api_arrives_with_its_recipients_subject_and_both_parts",
+        "test_a_bulk_send_delivers_every_message",
+        "test_a_bulk_send_reports_refused_recipients_and_delivers_the_rest",
+        "test_the_system_wide_notification_reaches_every_active_user",
+        "test_a_refused_connection_is_reported_as_a_failure",
+        "test_an_invalid_address_is_a_422_naming_it_and_nothing_is_sent",
+        "test_each_message_type_renders_a_subject_a_text_and_an_html_body",
+    ):
+        assert re.search(rf"::{test}(\[[^\]]*\])? PASSED", proc.stdout), f"{test} did not pass"

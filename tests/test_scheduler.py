@@ -1,0 +1,155 @@
+"""The include_scheduler option: what it adds, what it leaves out, and its generated tests.
+
+Two projects with the scheduler run their own `-m scheduler` tests in the shared venv: one
+with Redis (Redis lock, ListRedisScheduleSource, a result backend) and one without Redis
+(RabbitMQ, the `cron_locks` row lock, the `schedules` table, no result backend). Those tests
+use two real worker processes, a real `taskiq scheduler` process, the broker and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import helpers
+import pytest
+from conftest import RenderCache, Rendered
+from helpers import Combo
+
+pytestmark = pytest.mark.scheduler
+
+SCHEDULER_FILES = (
+    "src/{pkg}/infrastructure/taskiq/scheduler.py",
+    "src/{pkg}/modules/scheduling/cron.py",
+    "src/{pkg}/modules/scheduling/expressions.py",
+    "src/{pkg}/modules/scheduling/locks.py",
+    "src/{pkg}/modules/scheduling/models.py",
+    "src/{pkg}/modules/scheduling/router.py",
+    "src/{pkg}/modules/scheduling/runs.py",
+    "src/{pkg}/modules/scheduling/schemas.py",
+    "src/{pkg}/modules/scheduling/service.py",
+    "src/{pkg}/modules/scheduling/sources.py",
+    "src/{pkg}/modules/scheduling/ticks.py",
+    "src/{pkg}/modules/maintenance/tasks.py",
+    "migrations/versions/0002_scheduler.py",
+    "tests/integration/cron_tasks.py",
+    "tests/integration/test_scheduler.py",
+    "tests/unit/test_cron_expressions.py",
+    "tests/unit/test_scheduling.py",
+)
+INTEGRATION_TESTS = (
+    "test_two_workers_run_a_tick_sent_twice_once",
+    "test_a_tick_goes_ahead_once_a_held_lock_expired",
+    "test_a_failing_job_is_recorded_and_its_error_propagates",
+    "test_a_schedule_added_through_the_api_fires_until_it_is_deleted",
+)
+
+
+def _pick(include_scheduler: bool, **wanted: str) -> Combo:
+    for combo in helpers.combos():
+        if bool(combo.answers.get("include_scheduler")) is include_scheduler and all(
+            combo.answers.get(name) == value for name, value in wanted.items()
+        ):
+            return combo
+    raise AssertionError(f"no combination with include_scheduler={include_scheduler} {wanted}")
+
+
+# With Redis (its lock and schedule source) and without (the database's).
+SCHEDULER_COMBOS = [
+    _pick(True, broker="redis", result_backend="redis"),
+    _pick(True, broker="rabbitmq", result_backend="none"),
+]
+PLAIN_COMBOS = [
+    _pick(False, broker="redis", result_backend="redis"),
+    _pick(False, broker="rabbitmq", result_backend="none"),
+]
+
+
+def _read(rendered: Rendered, relative: str) -> str:
+    return (rendered.path / relative.format(pkg=rendered.combo.package)).read_text("utf-8")
+
+
+@pytest.mark.parametrize("combo", SCHEDULER_COMBOS, ids=str)
+def test_the_option_adds_the_scheduler_its_api_and_its_migration(
+    render_cache: RenderCache, combo: Combo
+) -> None:
+    rendered = render_cache(combo)
+
+    for relative in SCHEDULER_FILES:
+        assert (rendered.path / relative.format(pkg=combo.package)).is_file(), relative
+    scheduler = _read(rendered, "src/{pkg}/infrastructure/taskiq/scheduler.py")
+    assert "scheduler = TickStampingScheduler(" in scheduler
+    assert "LabelScheduleSource(broker)" in scheduler
+    sources = _read(rendered, "src/{pkg}/modules/scheduling/sources.py")
+    locks = _read(rendered, "src/{pkg}/modules/scheduling/locks.py")
+    migration = _read(rendered, "migrations/versions/0002_scheduler.py")
+    if combo.derived["needs_redis"]:
+        assert "ListRedisScheduleSource(" in sources
+        assert "serializer=ORJSONSerializer()" in sources
+        assert 'prefix=f"{settings.taskiq_queue_name}:schedule"' in sources
+        assert "nx=True, px=" in locks
+        assert '"cron_locks"' not in migration
+    else:
+        assert "class DatabaseScheduleSource(ScheduleSource)" in sources
+        assert "on_conflict_do_update(" in locks
+        assert '"cron_locks"' in migration
+        assert '"schedules"' in migration
+    assert 'revision: str = "0002_scheduler"' in migration
+    assert 'down_revision: str | None = "0001"' in migration
+    assert '("scheduler",)' in migration
+    main = _read(rendered, "src/{pkg}/main.py")
+    assert "app.include_router(scheduling_router)" in main
+    assert "open_schedule_source(" in main
+    assert re.search(r"^CRON_RUNS_RETENTION_DAYS=", _read(rendered, ".env.example"), re.M)
+    assert '"scheduler: ' in _read(rendered, "pyproject.toml")
+    readme = _read(rendered, "README.md")
+    assert "Run exactly one scheduler" in readme
+    assert f"taskiq scheduler {combo.package}.infrastructure.taskiq.scheduler:scheduler" in readme
+
+
+@pytest.mark.parametrize("combo", PLAIN_COMBOS, ids=str)
+def test_without_the_option_there_is_no_scheduler_code(
+    render_cache: RenderCache, combo: Combo
+) -> None:
+    rendered = render_cache(combo)
+
+    for relative in SCHEDULER_FILES:
+        assert not (rendered.path / relative.format(pkg=combo.package)).exists(), relative
+    for relative in (
+        ".env.example",
+        "pyproject.toml",
+        "Makefile",
+        "src/{pkg}/main.py",
+        "src/{pkg}/infrastructure/config/settings.py",
+    ):
+        text = _read(rendered, relative)
+        assert not re.search(r"cron|schedul|tzdata", text, re.IGNORECASE), relative
+    readme = _read(rendered, "README.md")
+    assert not re.search(r"cron|taskiq scheduler|/schedules", readme, re.IGNORECASE)
+    assert "scheduler" not in _read(rendered, "compose.yaml")
+
+
+@pytest.mark.parametrize("combo", SCHEDULER_COMBOS, ids=str)
+def test_the_generated_scheduler_tests_pass_against_real_services(
+    render_cache: RenderCache,
+    combo: Combo,
+    shared_python: Callable[[str], Path],
+    require_services: Callable[[list[str]], None],
+) -> None:
+    require_services(combo.derived["services"])
+    rendered = render_cache(combo)
+    python = shared_python(str(combo.answers["python_version"]))
+
+    proc = helpers.run(
+        [str(python), "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "scheduler"],
+        cwd=rendered.path,
+        env=helpers.generated_test_env(combo),
+        timeout=600,
+    )
+
+    assert proc.returncode == 0, helpers.explain(proc)
+    # CI=true: nothing may skip; the real workers, scheduler, broker and database were used.
+    assert " SKIPPED" not in proc.stdout, helpers.explain(proc)
+    for test in INTEGRATION_TESTS:
+        assert re.search(rf"test_scheduler\.py::{test} PASSED", proc.stdout), f"{test} did not pass"

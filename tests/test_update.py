@@ -1,0 +1,685 @@
+"""`copier update`: template releases reach a project without losing the user's work.
+
+Everything happens in temporary git repositories, never in this one:
+
+* the template: a snapshot of this working tree (what `git add -A` would commit), committed and
+  tagged 999.0.0, then two small releases on top, tagged 999.1.0 and 999.2.0. Tags that high
+  are the newest whatever this repository's own tags are. Copying from a dirty local template
+  would record a `_commit` that exists nowhere, and every later update would fail.
+* a project generated at 999.0.0, committed, then edited like a user would (a task module of
+  their own with its test, a changed setting default, an edited README line, a secret in .env).
+
+`copier update` exits 0 even when it leaves conflicts, so every update here is followed by a
+search for conflict markers, `.rej` files and unmerged index entries.
+
+The shipped `_migrations` entry carries a real release's version (e.g. 0.1.0), which no update
+between the test tags crosses. The snapshot therefore rewrites that one version to 999.1.0
+(MIGRATION_VERSION) and keeps the entry's command as shipped, so the test runs the real script
+through the real entry, and can tell the crossing step from the others.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import copier
+import helpers
+import pytest
+import yaml
+from helpers import REPO_ROOT
+from packaging.version import InvalidVersion, Version
+
+pytestmark = pytest.mark.update
+
+V0, V1, V2 = "999.0.0", "999.1.0", "999.2.0"
+MIGRATION_SCRIPT = "extensions/migrations/rename_env_vars.py"
+SYNC_ENV_SCRIPT = "extensions/tasks/sync_env.py"
+MIGRATION_VERSION = V1
+
+ANSWERS: dict[str, Any] = {
+    "project_name": "Update Check",
+    "description": "A service that proves template updates keep our work",
+}
+PKG = "update_check"
+
+# What the two test releases append to template files (RELEASE_1_NEW_FILE: path, new file).
+RELEASE_1_README = "\nThis project follows its template with `copier update` (999.1.0).\n"
+RELEASE_1_ENV_EXAMPLE = "\n# A comment that 999.1.0 added to .env.example.\n"
+RELEASE_1_NEW_FILE = ("docs/operations.md.jinja", "# {{ project_name }}: operations\n")
+RELEASE_2_LINE = "\nRunbook entries arrive with 999.2.0.\n"
+
+GENERATED_TESTS_TIMEOUT = float(os.environ.get("TEMPLATE_GENERATED_TESTS_TIMEOUT", "900"))
+# After an answer change the project is asserted equal, file for file, to a fresh copy with
+# that answer plus the user's edits, and the matrix runs every fresh combination's whole suite:
+# here its unit tests (they import everything and read .env) are enough, unless this is set.
+FULL_SUITE_AFTER_ANSWER_CHANGES = os.environ.get("TEMPLATE_UPDATE_FULL_SUITES", "").lower() in {
+    "1",
+    "true",
+    "yes",
+}
+
+# ---------------------------------------------------------------------------------------------
+# git, copier and trees
+# ---------------------------------------------------------------------------------------------
+
+_GIT_CONFIG = [
+    "-c", "user.name=Template Tests",
+    "-c", "user.email=template-tests@example.invalid",
+    "-c", "commit.gpgsign=false",
+    "-c", "tag.gpgsign=false",
+    "-c", "init.defaultBranch=main",
+    "-c", f"core.hooksPath={os.devnull}",
+]  # fmt: skip
+
+
+def git(cwd: Path, *args: str) -> str:
+    proc = subprocess.run(
+        ["git", *_GIT_CONFIG, *args], cwd=cwd, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, f"git {' '.join(args)} in {cwd}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def commit_all(repo: Path, message: str) -> None:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "--allow-empty", "-m", message)
+
+
+def git_init(repo: Path, message: str) -> None:
+    git(repo, "init", "-q")
+    commit_all(repo, message)
+
+
+def snapshot_working_tree(dst: Path) -> None:
+    """Copy what `git add -A` would commit here: tracked and untracked, minus ignored files."""
+    listed = git(REPO_ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    for rel in filter(None, listed.split("\0")):
+        src = REPO_ROOT / rel
+        if not (src.is_file() or src.is_symlink()):  # deleted in the working tree
+            continue
+        target = dst / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, target, follow_symlinks=False)
+
+
+def copy(template: Path, dst: Path, vcs_ref: str, answers: dict[str, Any]) -> Path:
+    copier.run_copy(
+        str(template),
+        str(dst),
+        data=dict(answers),
+        defaults=True,
+        unsafe=True,
+        vcs_ref=vcs_ref,
+        quiet=True,
+    )
+    return dst
+
+
+def update(project: Path, vcs_ref: str, **data: Any) -> None:
+    """`copier update --defaults --conflict inline [--data k=v ...]` to `vcs_ref`."""
+    copier.run_update(
+        str(project),
+        data=data,
+        defaults=True,
+        overwrite=True,
+        unsafe=True,
+        conflict="inline",
+        vcs_ref=vcs_ref,
+        quiet=True,
+    )
+
+
+def clone_project(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def recorded_answers(project: Path) -> dict[str, Any]:
+    text = (project / helpers.answers_file_name()).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def tree(project: Path) -> dict[str, bytes]:
+    """The files git would see (tracked or not, ignored ones excluded), answers minus _commit.
+
+    Ignored files are the user's (.env) or caches; .env is compared on its own.
+    """
+    if not (project / ".git").exists():
+        git(project, "init", "-q")
+    listed = git(project, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    files = {}
+    for rel in sorted(filter(None, listed.split("\0"))):
+        path = project / rel
+        if not path.exists():
+            continue
+        if rel == helpers.answers_file_name():
+            answers = {k: v for k, v in recorded_answers(project).items() if k != "_commit"}
+            files[rel] = yaml.safe_dump(answers, sort_keys=True).encode()
+        else:
+            files[rel] = path.read_bytes()
+    return files
+
+
+def tree_differences(actual: dict[str, bytes], expected: dict[str, bytes]) -> list[str]:
+    problems = [f"missing: {rel}" for rel in sorted(expected.keys() - actual.keys())]
+    problems += [f"unexpected: {rel}" for rel in sorted(actual.keys() - expected.keys())]
+    for rel in sorted(expected.keys() & actual.keys()):
+        if actual[rel] != expected[rel]:
+            problems.append(f"differs: {rel}\n{_diff(expected[rel], actual[rel], rel)}")
+    return problems
+
+
+def _diff(expected: bytes, actual: bytes, name: str) -> str:
+    lines = difflib.unified_diff(
+        expected.decode(errors="replace").splitlines(),
+        actual.decode(errors="replace").splitlines(),
+        f"expected/{name}",
+        f"updated/{name}",
+        lineterm="",
+    )
+    return "\n".join(list(lines)[:60])
+
+
+_MARKER = re.compile(rb"^(?:<{7}|>{7})(?: |$)", re.MULTILINE)
+
+
+def leftovers(project: Path) -> list[str]:
+    """What a conflicted `copier update` leaves behind (it still exits 0)."""
+    problems = []
+    for path in project.rglob("*"):
+        rel = path.relative_to(project)
+        if rel.parts[0] == ".git" or not path.is_file():
+            continue
+        if path.suffix in {".rej", ".orig"}:
+            problems.append(f"{rel}: rejected hunks")
+        elif _MARKER.search(path.read_bytes()):
+            problems.append(f"{rel}: conflict markers")
+    unmerged = git(project, "ls-files", "--unmerged").strip()
+    if unmerged:
+        problems.append(f"unmerged index entries:\n{unmerged}")
+    return sorted(problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# The user's edits
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace `old` (exactly once) with `new` in `path`, or create `path` when old is None."""
+
+    path: str  # project-relative; {pkg} is the package name
+    old: str | None
+    new: str
+
+    def target(self, root: Path) -> Path:
+        return root / self.path.format(pkg=PKG)
+
+    def apply(self, root: Path) -> None:
+        path = self.target(root)
+        if self.old is None:
+            assert not path.exists(), f"{self.path} already exists"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.new.format(pkg=PKG), encoding="utf-8")
+            return
+        text = path.read_text(encoding="utf-8")
+        assert text.count(self.old) == 1, f"{self.path}: {self.old!r} is not there exactly once"
+        path.write_text(text.replace(self.old, self.new), encoding="utf-8")
+
+    def survived(self, root: Path) -> bool:
+        path = self.target(root)
+        return path.is_file() and self.new.format(pkg=PKG) in path.read_text(encoding="utf-8")
+
+
+REPORTS_TASKS = '''\
+"""Reports: a feature of our own, next to the template's."""
+
+from {pkg}.infrastructure.taskiq.registry import register_task
+
+
+@register_task("reports:count_words")
+async def count_words(text: str) -> int:
+    return len(text.split())
+'''
+
+REPORTS_TEST = '''\
+"""Our own task is found by the worker and runs on the broker like the template's."""
+
+from httpx import AsyncClient
+
+from {pkg}.infrastructure.taskiq.registry import task_registry
+from {pkg}.infrastructure.taskiq.worker import TASK_MODULES
+from {pkg}.modules.reports.tasks import count_words
+
+
+async def test_reports_task_is_registered_and_runs(client: AsyncClient) -> None:
+    assert "{pkg}.modules.reports.tasks" in TASK_MODULES
+    assert task_registry["reports:count_words"] is count_words
+    task = await count_words.kiq("one two three")
+    result = await task.wait_result(timeout=10)
+    assert result.return_value == 3
+'''
+
+USER_EDITS = [
+    Edit("src/{pkg}/modules/reports/__init__.py", None, ""),
+    Edit("src/{pkg}/modules/reports/tasks.py", None, REPORTS_TASKS),
+    Edit("tests/unit/test_reports.py", None, REPORTS_TEST),
+    Edit(
+        "src/{pkg}/infrastructure/config/settings.py",
+        "taskiq_worker_concurrency: int = Field(default=2,",
+        "taskiq_worker_concurrency: int = Field(default=4,",
+    ),
+    Edit(".env.example", "\nTASKIQ_WORKER_CONCURRENCY=2\n", "\nTASKIQ_WORKER_CONCURRENCY=4\n"),
+    Edit(
+        "README.md",
+        f"\n{ANSWERS['description']}\n",
+        "\nOur reports service: counts words, and never loses a note.\n",
+    ),
+]
+# .env is ignored by git and never overwritten by copier (_skip_if_exists): the user's own.
+USER_ENV_LINES = "\n# Ours: copier must never touch this file.\nREPORTS_API_TOKEN=s3cret\n"
+
+
+def apply_user_edits(project: Path) -> None:
+    for edit in USER_EDITS:
+        edit.apply(project)
+    with (project / ".env").open("a", encoding="utf-8") as fh:
+        fh.write(USER_ENV_LINES)
+
+
+# ---------------------------------------------------------------------------------------------
+# The template repository with three releases, and the user's project
+# ---------------------------------------------------------------------------------------------
+
+
+def _append(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def pin_migration_version(copier_yml: Path, version: str) -> None:
+    """Give the shipped migration entry (the one running MIGRATION_SCRIPT) a test version."""
+    config = yaml.safe_load(copier_yml.read_text(encoding="utf-8"))
+    shipped = [
+        entry["version"]
+        for entry in config.get("_migrations", [])
+        if isinstance(entry, dict) and MIGRATION_SCRIPT in " ".join(map(str, entry["command"]))
+    ]
+    assert len(shipped) == 1, f"expected one _migrations entry running {MIGRATION_SCRIPT}"
+    text = copier_yml.read_text(encoding="utf-8")
+    pattern = re.compile(
+        rf"""^(\s*-?\s*version:\s*)["']?{re.escape(str(shipped[0]))}["']?\s*$""", re.M
+    )
+    text, count = pattern.subn(rf'\g<1>"{version}"', text)
+    assert count == 1, f"version {shipped[0]} of the migration is not on a line of its own"
+    copier_yml.write_text(text, encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("template") / "taskiq-template"
+    snapshot_working_tree(repo)
+    pin_migration_version(repo / "copier.yml", MIGRATION_VERSION)
+    git_init(repo, "snapshot of the working tree")
+    git(repo, "tag", V0)
+
+    sub = helpers.copier_config().get("_subdirectory", "")
+    _append(repo / sub / "README.md.jinja", RELEASE_1_README)
+    _append(repo / sub / ".env.example.jinja", RELEASE_1_ENV_EXAMPLE)
+    _append(repo / sub / RELEASE_1_NEW_FILE[0], RELEASE_1_NEW_FILE[1])
+    commit_all(repo, "release 999.1.0")
+    git(repo, "tag", "-a", V1, "-m", V1)  # annotated and lightweight tags both work
+
+    _append(repo / sub / RELEASE_1_NEW_FILE[0], RELEASE_2_LINE)
+    commit_all(repo, "release 999.2.0")
+    git(repo, "tag", V2)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def project_v0(template_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated at 999.0.0, committed, then edited and committed by the user."""
+    project = copy(template_repo, tmp_path_factory.mktemp("v0") / "project", V0, ANSWERS)
+    git_init(project, "generated at 999.0.0")
+    apply_user_edits(project)
+    commit_all(project, "our work")
+    return project
+
+
+@dataclass(frozen=True)
+class Updated:
+    path: Path
+    leftovers: list[str]
+    env_before: str
+
+
+@pytest.fixture(scope="module")
+def updated(project_v0: Path, tmp_path_factory: pytest.TempPathFactory) -> Updated:
+    """project_v0 after `copier update` to 999.1.0 (then committed, as a user would)."""
+    project = clone_project(project_v0, tmp_path_factory.mktemp("v1") / "project")
+    env_before = (project / ".env").read_text(encoding="utf-8")
+    update(project, V1)
+    found = leftovers(project)
+    if not found:
+        commit_all(project, "update to 999.1.0")
+    return Updated(project, found, env_before)
+
+
+@pytest.fixture(scope="module")
+def fresh_v1_with_edits(template_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = copy(template_repo, tmp_path_factory.mktemp("fresh") / "project", V1, ANSWERS)
+    git_init(project, "generated at 999.1.0")
+    apply_user_edits(project)
+    return project
+
+
+@pytest.fixture
+def run_generated_tests(
+    shared_python: Callable[[str], Path],
+    require_services: Callable[[Iterable[str]], None],
+) -> Callable[..., None]:
+    """Run a project's own test suite (CI=true) in the harness's shared venv."""
+
+    def run(project: Path, *, unit_only: bool = False) -> None:
+        answers = {k: v for k, v in recorded_answers(project).items() if not k.startswith("_")}
+        combo = helpers.Combo(id="update", index=0, answers=answers)
+        require_services(combo.derived["services"])
+        python = shared_python(str(answers["python_version"]))
+        proc = helpers.run(
+            [
+                str(python),
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                *(["tests/unit"] if unit_only else []),
+            ],
+            cwd=project,
+            env=helpers.generated_test_env(combo),
+            timeout=GENERATED_TESTS_TIMEOUT,
+        )
+        assert proc.returncode == 0, helpers.explain(proc)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Update to the next release
+# ---------------------------------------------------------------------------------------------
+
+
+def test_update_leaves_no_conflicts(updated: Updated) -> None:
+    assert not updated.leftovers, "copier update left conflicts:\n" + "\n".join(updated.leftovers)
+    assert recorded_answers(updated.path)["_commit"] == V1
+
+
+def test_update_brings_the_template_change(updated: Updated) -> None:
+    readme = (updated.path / "README.md").read_text(encoding="utf-8")
+    assert RELEASE_1_README.strip() in readme
+    new_file = updated.path / RELEASE_1_NEW_FILE[0].removesuffix(".jinja")
+    assert new_file.read_text(encoding="utf-8") == f"# {ANSWERS['project_name']}: operations\n"
+    assert RELEASE_1_ENV_EXAMPLE.strip() in (updated.path / ".env.example").read_text()
+
+
+def test_update_keeps_the_users_edits(updated: Updated) -> None:
+    lost = [edit.path for edit in USER_EDITS if not edit.survived(updated.path)]
+    assert not lost, f"lost in the update: {lost}"
+
+
+def test_update_keeps_the_users_env(updated: Updated, fresh_v1_with_edits: Path) -> None:
+    """_skip_if_exists: [.env] keeps it byte for byte, though a fresh .env would now differ."""
+    assert (updated.path / ".env").read_text(encoding="utf-8") == updated.env_before
+    fresh_env = (fresh_v1_with_edits / ".env").read_text(encoding="utf-8")
+    assert RELEASE_1_ENV_EXAMPLE.strip() in fresh_env, "the test release must change .env"
+
+
+def test_update_equals_a_fresh_copy_plus_the_users_edits(
+    updated: Updated, fresh_v1_with_edits: Path
+) -> None:
+    problems = tree_differences(tree(updated.path), tree(fresh_v1_with_edits))
+    assert not problems, "\n".join(problems)
+
+
+def test_updated_project_passes_its_tests(
+    updated: Updated, run_generated_tests: Callable[..., None]
+) -> None:
+    assert not updated.leftovers
+    run_generated_tests(updated.path)
+
+
+def test_conflicts_are_found_although_update_exits_0(project_v0: Path, tmp_path: Path) -> None:
+    """The check above has teeth: an edit that collides with the release is reported."""
+    project = clone_project(project_v0, tmp_path / "project")
+    _append(project / "README.md", "\nMaintained by the reports team.\n")
+    commit_all(project, "a README line where the template adds one too")
+    update(project, V1)  # returns normally: no exception, no exit code
+    assert any(item.startswith("README.md") for item in leftovers(project)), leftovers(project)
+
+
+# ---------------------------------------------------------------------------------------------
+# Changing answers during an update, and back
+# ---------------------------------------------------------------------------------------------
+
+
+def _answer_changes() -> list[Any]:
+    """Each multiplying question of copier.yml set away from its default (a new one is
+    picked up here without edits)."""
+    params = []
+    for name, values in helpers.multiplying_questions().items():
+        default = helpers.questions()[name].get("default")
+        for value in values:
+            if value != default:
+                params.append(pytest.param(name, value, id=f"{name}={value}"))
+    return params
+
+
+def _env_with_broker(env: str, broker: str) -> str:
+    return re.sub(r"(?m)^TASKIQ_BROKER_TYPE=.*$", f"TASKIQ_BROKER_TYPE={broker}", env)
+
+
+@pytest.mark.parametrize(("question", "value"), _answer_changes())
+def test_changing_an_answer_and_back(
+    question: str,
+    value: Any,
+    updated: Updated,
+    template_repo: Path,
+    tmp_path: Path,
+    run_generated_tests: Callable[..., None],
+) -> None:
+    """`copier update --data <question>=<value>` gives what a fresh copy with that answer plus
+    the user's edits gives, passes its own unit tests (its whole suite with
+    TEMPLATE_UPDATE_FULL_SUITES=1), and updating back restores the project file for file."""
+    assert not updated.leftovers
+    project = clone_project(updated.path, tmp_path / "project")
+    before = recorded_answers(project)
+    original = before[question]
+    env = (project / ".env").read_text(encoding="utf-8")
+    tree_before = tree(project)
+
+    update(project, V1, **{question: value})
+    assert not (found := leftovers(project)), "\n".join(found)
+    assert recorded_answers(project)[question] == value
+    answers = {k: v for k, v in before.items() if not k.startswith("_")}
+    fresh = copy(template_repo, tmp_path / "fresh", V1, {**answers, question: value})
+    git_init(fresh, "fresh")
+    apply_user_edits(fresh)
+    problems = tree_differences(tree(project), tree(fresh))
+    assert not problems, "\n".join(problems)
+    # The user's .env is kept, except the broker it names (the sync_env task).
+    broker = recorded_answers(project)["broker"]
+    assert (project / ".env").read_text(encoding="utf-8") == _env_with_broker(env, broker)
+    run_generated_tests(project, unit_only=not FULL_SUITE_AFTER_ANSWER_CHANGES)
+
+    commit_all(project, f"{question}={value}")
+    update(project, V1, **{question: original})
+    assert not (found := leftovers(project)), "\n".join(found)
+    problems = tree_differences(tree(project), tree_before)
+    assert not problems, "updating back did not restore the project:\n" + "\n".join(problems)
+    assert (project / ".env").read_text(encoding="utf-8") == env
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped migration: runs once, on the update that crosses its version
+# ---------------------------------------------------------------------------------------------
+
+LEGACY = ("TASKIQ_WORKERS", "TASKIQ_WORKER_CONCURRENCY")
+
+
+def _use_legacy_name(env_file: Path, value: int) -> None:
+    """A .env that sets the worker count under the legacy name only."""
+    text = env_file.read_text(encoding="utf-8")
+    text, count = re.subn(rf"(?m)^{LEGACY[1]}=.*$", f"{LEGACY[0]}={value}", text)
+    assert count == 1, f"{LEGACY[1]} not set once in {env_file}"
+    env_file.write_text(text, encoding="utf-8")
+
+
+def _migration_runs(output: str) -> int:
+    return sum(
+        line.startswith(f"taskiq-template migration {MIGRATION_VERSION}:")
+        for line in output.splitlines()
+    )
+
+
+@pytest.mark.parametrize(
+    ("start", "steps"),
+    [
+        pytest.param(V0, [(V1, True), (V2, False)], id="crosses-then-later-update"),
+        pytest.param(V0, [(V2, True)], id="crosses-by-skipping-a-release"),
+        pytest.param(V1, [(V2, False)], id="starts-at-its-version"),
+    ],
+)
+def test_migration_runs_once_on_the_update_that_crosses_its_version(
+    start: str,
+    steps: list[tuple[str, bool]],
+    template_repo: Path,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    project = copy(template_repo, tmp_path / "project", start, ANSWERS)
+    git_init(project, f"generated at {start}")
+    env_file = project / ".env"
+    for target, crosses in steps:
+        _use_legacy_name(env_file, 5)
+        before = env_file.read_text(encoding="utf-8")
+        capfd.readouterr()
+        update(project, target)
+        out, err = capfd.readouterr()
+        runs = _migration_runs(out + err)
+        after = env_file.read_text(encoding="utf-8")
+        assert not (found := leftovers(project)), "\n".join(found)
+        if crosses:
+            assert runs == 1, f"{start} -> {target}: ran {runs} times\n{out}\n{err}"
+            assert re.search(rf"(?m)^{LEGACY[1]}=5$", after), after
+            assert not re.search(rf"(?m)^{LEGACY[0]}=", after), after
+        else:
+            assert runs == 0, f"{start} -> {target}: ran {runs} times\n{out}\n{err}"
+            assert after == before
+        commit_all(project, f"update to {target}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The scripts on their own, and the release bookkeeping
+# ---------------------------------------------------------------------------------------------
+
+
+def _load(rel: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(Path(rel).stem, REPO_ROOT / rel)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rename_env_vars_is_idempotent_and_keeps_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rename = _load(MIGRATION_SCRIPT)
+    env = tmp_path / ".env"
+    env.write_text(
+        "# a comment naming TASKIQ_WORKERS=1\r\n"
+        "export TASKIQ_WORKERS = 'four=4'\r\n"
+        "TASKIQ_MAX_ASYNC_TASKS=9\r\n"
+        "TASKIQ_MAX_TASKS_PER_WORKER=50\r\n"
+        "OTHER=1",
+        encoding="utf-8",
+    )
+    env.chmod(0o600)
+    renames = [
+        "TASKIQ_WORKERS=TASKIQ_WORKER_CONCURRENCY",
+        "TASKIQ_MAX_ASYNC_TASKS=TASKIQ_MAX_TASKS_PER_WORKER",
+    ]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VERSION_CURRENT", raising=False)
+    assert rename.main(renames) == 0
+    once = env.read_bytes().decode()
+    assert rename.main(renames) == 0
+    assert env.read_bytes().decode() == once
+    assert once == (
+        "# a comment naming TASKIQ_WORKERS=1\r\n"
+        "export TASKIQ_WORKER_CONCURRENCY = 'four=4'\r\n"
+        "# TASKIQ_MAX_ASYNC_TASKS=9  # taskiq-template migration: "
+        "TASKIQ_MAX_TASKS_PER_WORKER is already set\r\n"
+        "TASKIQ_MAX_TASKS_PER_WORKER=50\r\n"
+        "OTHER=1"
+    )
+    assert env.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("line", "broker", "expected"),
+    [
+        ("TASKIQ_BROKER_TYPE=redis\n", "rabbitmq", "TASKIQ_BROKER_TYPE=rabbitmq\n"),
+        ('taskiq_broker_type = "redis"\n', "rabbitmq", "taskiq_broker_type = rabbitmq\n"),
+        ("TASKIQ_BROKER_TYPE=memory\n", "rabbitmq", "TASKIQ_BROKER_TYPE=memory\n"),
+        ("TASKIQ_BROKER_TYPE=rabbitmq\n", "rabbitmq", "TASKIQ_BROKER_TYPE=rabbitmq\n"),
+        ("# TASKIQ_BROKER_TYPE=redis\n", "rabbitmq", "# TASKIQ_BROKER_TYPE=redis\n"),
+    ],
+)
+def test_sync_env_points_env_at_the_answered_broker(line: str, broker: str, expected: str) -> None:
+    sync = _load(SYNC_ENV_SCRIPT)
+    text, _ = sync.sync_broker(f"A=1\n{line}B=2\n", broker)
+    assert text == f"A=1\n{expected}B=2\n"
+    assert sync.sync_broker(text, broker) == (text, [])
+
+
+def test_migrations_are_well_formed() -> None:
+    """PEP 440 versions, a stage condition, and scripts that exist in the template repo."""
+    migrations = helpers.copier_config().get("_migrations", [])
+    assert migrations, "copier.yml ships no _migrations entry"
+    for entry in migrations:
+        Version(str(entry["version"]))
+        assert "_stage" in entry.get("when", ""), entry
+        for part in map(str, entry["command"]):
+            if "_copier_conf.src_path" in part:
+                rel = part.split("}}", 1)[1].lstrip("/")
+                assert (REPO_ROOT / rel).is_file(), f"{rel} (from {part}) is missing"
+
+
+def test_release_tags_are_pep440_and_in_the_changelog() -> None:
+    """Releases are PEP 440 tags, and CHANGELOG.md has a section for each one."""
+    changelog = (REPO_ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert re.search(r"(?m)^## Unreleased\s*$", changelog), "CHANGELOG.md needs '## Unreleased'"
+    tags = git(REPO_ROOT, "tag", "--list").split()
+    problems = []
+    for tag in tags:
+        try:
+            Version(tag)
+        except InvalidVersion:
+            problems.append(f"tag {tag!r} is not a PEP 440 version: copier ignores it")
+            continue
+        if not re.search(rf"(?m)^## \[?{re.escape(tag)}\]?(\s|$)", changelog):
+            problems.append(f"tag {tag} has no '## {tag}' section in CHANGELOG.md")
+    assert not problems, "\n".join(problems)
