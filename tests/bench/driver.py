@@ -169,6 +169,16 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size: pages shared with other processes (a forking parent's imports)
+    count divided among them."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # The contenders
 # ---------------------------------------------------------------------------------------------
@@ -433,6 +443,7 @@ class Outcome:
     latency_p50_ms: float  # sent -> started, while the queue was being filled
     latency_p99_ms: float
     idle_rss_kib: float  # mean VmRSS of a worker process, started and idle
+    idle_pss_kib: float  # the same, proportional set size
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -477,7 +488,8 @@ def throughput_trial(cfg: Config, contender: Contender, count: int) -> Outcome:
     command, env, cwd = contender.command(queue)
     service = start(command, env, cwd, queue)
     try:
-        _pids, sizes = settle(service, contender)
+        workers, sizes = settle(service, contender)
+        shares = [pss_kib(pid) for pid in workers]
         # The whole process tree: Celery's prefork parent reads the messages and hands them
         # to its children; taskiq's parent only watches its workers.
         pids = process_tree(service.process.pid)
@@ -511,6 +523,7 @@ def throughput_trial(cfg: Config, contender: Contender, count: int) -> Outcome:
             latency_p50_ms=percentile(waits, 50) * 1000,
             latency_p99_ms=percentile(waits, 99) * 1000,
             idle_rss_kib=statistics.mean(sizes),
+            idle_pss_kib=statistics.mean(shares),
         )
     finally:
         service.stop()
@@ -738,7 +751,8 @@ def report(out: Results, brokers: list[str]) -> None:
             f"sent {out.median(key, 'fill_rate'):.0f}/s; "
             f"latency p50 {out.median(key, 'latency_p50_ms'):.1f} ms "
             f"p99 {out.median(key, 'latency_p99_ms'):.1f} ms; "
-            f"idle RSS {out.median(key, 'idle_rss_kib') / 1024:.1f} MiB per process"
+            f"idle RSS {out.median(key, 'idle_rss_kib') / 1024:.1f} MiB per process "
+            f"(PSS {out.median(key, 'idle_pss_kib') / 1024:.1f} MiB)"
         )
     for key in sorted(out.api):
         print(
@@ -763,6 +777,8 @@ def report(out: Results, brokers: list[str]) -> None:
         for other in (o for o in present if o != "raw"):
             value = out.paired(generated, f"{other} {broker}", "idle_rss_kib")
             print(f"ratio rss generated/{other} {broker}: {value:.2f}")
+            value = out.paired(generated, f"{other} {broker}", "idle_pss_kib")
+            print(f"ratio pss generated/{other} {broker}: {value:.2f}")
         gen, bare = f"generated {broker}", f"bare-fastapi {broker}"
         if gen in out.api and bare in out.api:
             cpu = out.paired(gen, bare, "cpu_rps", api=True)
