@@ -32,6 +32,8 @@ import redis
 
 HERE = Path(__file__).resolve().parent
 RUN_ID = uuid.uuid4().hex[:8]
+# Logs and metrics files of the processes started; beside the config (run.py removes both).
+LOG_DIR = Path(tempfile.gettempdir())
 _counter = 0
 
 
@@ -119,7 +121,7 @@ class Service:
 
 
 def start(command: list[str], env: dict[str, str], cwd: Path, name: str) -> Service:
-    log_path = Path(tempfile.gettempdir()) / f"bench-{RUN_ID}-{name}.log"
+    log_path = LOG_DIR / f"{name}.log"
     handle = log_path.open("ab")
     process = subprocess.Popen(
         command,
@@ -222,7 +224,7 @@ def base_env(cfg: Config, queue: str) -> dict[str, str]:
 
 def generated_env(cfg: Config, broker: str, queue: str, **extra: str) -> dict[str, str]:
     """The environment of a generated worker (or, without the metrics variables, API)."""
-    metrics_dir = Path(tempfile.gettempdir()) / f"bench-{RUN_ID}-metrics-{queue}"
+    metrics_dir = LOG_DIR / f"metrics-{queue}"
     env = base_env(cfg, queue)
     env.update(
         {
@@ -407,7 +409,8 @@ def contenders(cfg: Config, broker: str, without: str = "") -> dict[str, Contend
 def cleanup(cfg: Config, queue: str) -> None:
     client = redis.Redis.from_url(cfg.redis_url)
     keys = list(client.scan_iter(match=f"{queue}*", count=1000))
-    keys += list(client.scan_iter(match=f"_kombu.binding.{queue}*", count=1000))
+    # kombu's bindings of a Celery queue: _kombu.binding.<queue>, _kombu.binding_permanent.<queue>
+    keys += list(client.scan_iter(match=f"_kombu.binding*.{queue}", count=1000))
     for start_at in range(0, len(keys), 500):
         client.delete(*keys[start_at : start_at + 500])
     client.close()
@@ -810,6 +813,9 @@ def main() -> None:
         }
     )
     os.environ.update(BENCH_REDIS_URL=cfg.redis_url, BENCH_RABBITMQ_URL=cfg.rabbitmq_url)
+    global LOG_DIR
+    LOG_DIR = Path(args.config).resolve().parent / "logs"
+    LOG_DIR.mkdir(exist_ok=True)
     brokers = [b for b in args.brokers.split(",") if b]
     sections = set(args.sections.split(","))
     out = Results()
