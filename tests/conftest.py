@@ -208,3 +208,32 @@ def background_runs(request: pytest.FixtureRequest) -> Iterator[BackgroundRuns]:
     runs = BackgroundRuns(request.config, jobs)
     yield runs
     runs.close()
+
+
+RunFeatureTests = Callable[[Combo, str], helpers.Completed]
+
+
+@pytest.fixture
+def run_feature_tests(
+    render_cache: RenderCache,
+    shared_python: Callable[[str], Path],
+    require_services: Callable[[list[str]], None],
+) -> RunFeatureTests:
+    """Run a rendered project's own `-m <marker>` tests in the shared venv, against the real
+    services; they must pass and, under CI=true, nothing may skip."""
+
+    def run(combo: Combo, marker: str) -> helpers.Completed:
+        require_services(combo.derived["services"])
+        rendered = render_cache(combo)
+        python = shared_python(str(combo.answers["python_version"]))
+        proc = helpers.run(
+            [str(python), "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", marker],
+            cwd=rendered.path,
+            env=helpers.generated_test_env(combo),
+            timeout=600,
+        )
+        assert proc.returncode == 0, helpers.explain(proc)
+        assert " SKIPPED" not in proc.stdout, helpers.explain(proc)
+        return proc
+
+    return run

@@ -10,12 +10,11 @@ worker process, API process, broker and PostgreSQL.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import helpers
 import pytest
-from conftest import RenderCache, Rendered
+from conftest import RenderCache, Rendered, RunFeatureTests
 from helpers import Combo
 
 pytestmark = pytest.mark.cancel
@@ -98,24 +97,9 @@ def test_the_store_follows_whether_the_project_has_redis(
 
 @pytest.mark.parametrize("combo", COMBOS, ids=str)
 def test_the_generated_cancel_tests_pass_against_real_services(
-    render_cache: RenderCache,
-    combo: Combo,
-    shared_python: Callable[[str], Path],
-    require_services: Callable[[list[str]], None],
+    run_feature_tests: RunFeatureTests, combo: Combo
 ) -> None:
-    require_services(combo.derived["services"])
-    rendered = render_cache(combo)
-    python = shared_python(str(combo.answers["python_version"]))
-
-    proc = helpers.run(
-        [str(python), "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "cancel"],
-        cwd=rendered.path,
-        env=helpers.generated_test_env(combo),
-        timeout=600,
-    )
-
-    assert proc.returncode == 0, helpers.explain(proc)
-    # CI=true: nothing may skip; the real worker, API, broker and database were used.
-    assert " SKIPPED" not in proc.stdout, helpers.explain(proc)
+    proc = run_feature_tests(combo, "cancel")
+    # The real worker, API, broker and database were used.
     for test in INTEGRATION_TESTS:
         assert re.search(rf"test_cancel\.py::{test} PASSED", proc.stdout), f"{test} did not pass"

@@ -7,12 +7,10 @@ a real SMTP server (aiosmtpd) started by those tests, the real worker, broker an
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from pathlib import Path
 
 import helpers
 import pytest
-from conftest import RenderCache, Rendered
+from conftest import RenderCache, Rendered, RunFeatureTests
 from helpers import Combo
 
 pytestmark = pytest.mark.email
@@ -116,25 +114,10 @@ def test_without_the_option_there_is_no_smtp_code_or_dependency(
 
 @pytest.mark.parametrize("combo", EMAIL_COMBOS, ids=str)
 def test_the_generated_email_tests_pass_against_real_services(
-    render_cache: RenderCache,
-    combo: Combo,
-    shared_python: Callable[[str], Path],
-    require_services: Callable[[list[str]], None],
+    run_feature_tests: RunFeatureTests, combo: Combo
 ) -> None:
-    require_services(combo.derived["services"])
-    rendered = render_cache(combo)
-    python = shared_python(str(combo.answers["python_version"]))
-
-    proc = helpers.run(
-        [str(python), "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "email"],
-        cwd=rendered.path,
-        env=helpers.generated_test_env(combo),
-        timeout=600,
-    )
-
-    assert proc.returncode == 0, helpers.explain(proc)
-    # CI=true: nothing may skip. The SMTP round trips, bulk, fan-out and refused connection ran.
-    assert " SKIPPED" not in proc.stdout, helpers.explain(proc)
+    proc = run_feature_tests(combo, "email")
+    # The SMTP round trips, bulk, fan-out and refused connection ran.
     for test in (
         "test_a_message_from_the_api_arrives_with_its_recipients_subject_and_both_parts",
         "test_a_bulk_send_delivers_every_message",

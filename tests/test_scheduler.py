@@ -9,12 +9,10 @@ use two real worker processes, a real `taskiq scheduler` process, the broker and
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from pathlib import Path
 
 import helpers
 import pytest
-from conftest import RenderCache, Rendered
+from conftest import RenderCache, Rendered, RunFeatureTests
 from helpers import Combo
 
 pytestmark = pytest.mark.scheduler
@@ -132,24 +130,9 @@ def test_without_the_option_there_is_no_scheduler_code(
 
 @pytest.mark.parametrize("combo", SCHEDULER_COMBOS, ids=str)
 def test_the_generated_scheduler_tests_pass_against_real_services(
-    render_cache: RenderCache,
-    combo: Combo,
-    shared_python: Callable[[str], Path],
-    require_services: Callable[[list[str]], None],
+    run_feature_tests: RunFeatureTests, combo: Combo
 ) -> None:
-    require_services(combo.derived["services"])
-    rendered = render_cache(combo)
-    python = shared_python(str(combo.answers["python_version"]))
-
-    proc = helpers.run(
-        [str(python), "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "scheduler"],
-        cwd=rendered.path,
-        env=helpers.generated_test_env(combo),
-        timeout=600,
-    )
-
-    assert proc.returncode == 0, helpers.explain(proc)
-    # CI=true: nothing may skip; the real workers, scheduler, broker and database were used.
-    assert " SKIPPED" not in proc.stdout, helpers.explain(proc)
+    proc = run_feature_tests(combo, "scheduler")
+    # The real workers, scheduler, broker and database were used.
     for test in INTEGRATION_TESTS:
         assert re.search(rf"test_scheduler\.py::{test} PASSED", proc.stdout), f"{test} did not pass"
