@@ -24,10 +24,31 @@ _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 # import the project itself makes.
 _DEPENDENCY_MODULES = frozenset(
     {
-        "alembic", "aio_pika", "aiosmtplib", "aiosqlite", "asyncpg", "fastapi", "httpx",
-        "jinja2", "orjson", "pydantic", "pydantic_settings", "pytest", "redis", "sqlalchemy",
-        "starlette", "taskiq", "taskiq_aio_pika", "taskiq_fastapi", "taskiq_redis",
-        "tests", "uvicorn", "migrations", "src", "prometheus_client", "watchfiles",
+        "alembic",
+        "aio_pika",
+        "aiosmtplib",
+        "aiosqlite",
+        "asyncpg",
+        "fastapi",
+        "httpx",
+        "jinja2",
+        "orjson",
+        "pydantic",
+        "pydantic_settings",
+        "pytest",
+        "redis",
+        "sqlalchemy",
+        "starlette",
+        "taskiq",
+        "taskiq_aio_pika",
+        "taskiq_fastapi",
+        "taskiq_redis",
+        "tests",
+        "uvicorn",
+        "migrations",
+        "src",
+        "prometheus_client",
+        "watchfiles",
     }
 )
 

@@ -20,8 +20,10 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from envfile import read_keeping_endings, write_keeping_mode
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -53,24 +55,6 @@ def rename_in_text(text: str, renames: dict[str, str], note: str) -> tuple[str, 
     return "".join(lines), done
 
 
-def _read(path: Path) -> str:
-    with path.open(encoding="utf-8", newline="") as fh:  # keep \r\n line endings
-        return fh.read()
-
-
-def _write_keeping_mode(path: Path, text: str) -> None:
-    mode = path.stat().st_mode
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _pair(value: str) -> tuple[str, str]:
     old, sep, new = value.partition("=")
     if not sep or not _NAME.match(old) or not _NAME.match(new) or old == new:
@@ -90,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             print(f"{note}: {name}: not found, nothing to rename")
             continue
-        text = _read(path)
+        text = read_keeping_endings(path)
         new_text, done = rename_in_text(text, dict(args.renames), note)
         if new_text != text:
-            _write_keeping_mode(path, new_text)
+            write_keeping_mode(path, new_text)
         print(f"{note}: {name}: {'; '.join(done) if done else 'nothing to rename'}")
     return 0
 

@@ -16,11 +16,12 @@ Silent when there is nothing to do, idempotent, standard library only.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from envfile import read_keeping_endings, write_keeping_mode
 
 _ASSIGNMENT = re.compile(
     r"^(?P<lead>\s*(?:export\s+)?)(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<eq>\s*=\s*)(?P<value>.*?)"
@@ -64,24 +65,6 @@ def sync_broker(text: str, broker: str) -> tuple[str, list[str]]:
     return "".join(lines), done
 
 
-def _read(path: Path) -> str:
-    with path.open(encoding="utf-8", newline="") as fh:  # keep \r\n line endings
-        return fh.read()
-
-
-def _write_keeping_mode(path: Path, text: str) -> None:
-    mode = path.stat().st_mode
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker", required=True)
@@ -91,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     env_path, example_path = Path(args.file), Path(args.example)
     if not env_path.is_file():
         return 0
-    text = _read(env_path)
+    text = read_keeping_endings(env_path)
     new_text, done = sync_broker(text, args.broker.lower())
     if done:
-        _write_keeping_mode(env_path, new_text)
+        write_keeping_mode(env_path, new_text)
         print(f"{env_path}: {'; '.join(done)} (the broker answer changed)")
     if example_path.is_file():
-        example = _read(example_path)
+        example = read_keeping_endings(example_path)
         missing = sorted(assigned_names(example) - assigned_names(new_text))
         if missing:
             print(
