@@ -41,7 +41,6 @@ _DEPENDENCY_MODULES = frozenset(
         "starlette",
         "taskiq",
         "taskiq_aio_pika",
-        "taskiq_fastapi",
         "taskiq_redis",
         "tests",
         "uvicorn",
@@ -101,7 +100,6 @@ _BASE_DEPENDENCIES = [
     "asyncpg>=0.30",
     "prometheus-client>=0.21",  # the API's GET /metrics (observability/metrics.py)
     "taskiq[metrics]>=0.13,<0.14",  # [metrics]: the worker's PrometheusMiddleware
-    "taskiq-fastapi>=0.5",
     "uvicorn[standard]>=0.32",
 ]
 _REDIS_DEPENDENCIES = ["redis>=5.2", "taskiq-redis>=1.2.4,<1.3"]

@@ -147,11 +147,23 @@ def shared_python(union_requirements: list[str]) -> Callable[[str], Path]:
 
 # ---------------------------------------------------------------------------------------------
 # Background runs: the generated test suites wait on workers, schedulers and brokers far more
-# than they compute, so several run at once (TEMPLATE_MATRIX_JOBS, default 2) while pytest
+# than they compute, so several run at once (TEMPLATE_MATRIX_JOBS, default 3) while pytest
 # itself stays serial. Each test still reports its own combination's result.
 # ---------------------------------------------------------------------------------------------
 
 _SELECTED = pytest.StashKey[dict[str, list[Combo]]]()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that check a generated feature suite go last: where the matrix runs the same
+    combination's whole suite in this session, they read that run instead of starting one."""
+    feature_checks = [item for item in items if "run_feature_tests" in _fixtures_of(item)]
+    if feature_checks:
+        items[:] = [item for item in items if item not in feature_checks] + feature_checks
+
+
+def _fixtures_of(item: pytest.Item) -> list[str]:
+    return list(getattr(item, "fixturenames", []))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -197,6 +209,11 @@ class BackgroundRuns:
             self._submit((test, combo.id), prepare(combo))
         return self._futures[(test, combo.id)].result()
 
+    def selected(self, test: str, combo: Combo) -> bool:
+        """Whether `test` runs for `combo` in this session."""
+        chosen = self._config.stash.get(_SELECTED, {}).get(test, [])
+        return any(other.id == combo.id for other in chosen)
+
     def close(self) -> None:
         helpers.kill_active_runs()
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -204,10 +221,34 @@ class BackgroundRuns:
 
 @pytest.fixture(scope="session")
 def background_runs(request: pytest.FixtureRequest) -> Iterator[BackgroundRuns]:
-    jobs = max(1, int(os.environ.get("TEMPLATE_MATRIX_JOBS", "2")))
-    runs = BackgroundRuns(request.config, jobs)
+    runs = BackgroundRuns(request.config, helpers.background_jobs())
     yield runs
     runs.close()
+
+
+@pytest.fixture(scope="session")
+def generated_suite(
+    render_cache: RenderCache,
+    shared_python: Callable[[str], Path],
+    require_services: Callable[[list[str]], None],
+) -> Callable[[Combo], Prepared]:
+    """How to run a combination's whole generated suite against the real services (CI=true),
+    verbosely: a line per test, which the feature checks read."""
+
+    def prepare(combo: Combo) -> Prepared:
+        require_services(combo.derived["services"])
+        project = render_cache(combo)
+        if not (project.path / "tests").is_dir():
+            pytest.fail("the generated project has no tests/ directory", pytrace=False)
+        python = shared_python(str(combo.answers["python_version"]))
+        return (
+            [str(python), "-m", "pytest", "-v", "-p", "no:cacheprovider"],
+            project.path,
+            helpers.generated_test_env(combo),
+            helpers.GENERATED_TESTS_TIMEOUT,
+        )
+
+    return prepare
 
 
 RunFeatureTests = Callable[[Combo, str], helpers.Completed]
@@ -218,20 +259,27 @@ def run_feature_tests(
     render_cache: RenderCache,
     shared_python: Callable[[str], Path],
     require_services: Callable[[list[str]], None],
+    background_runs: BackgroundRuns,
+    generated_suite: Callable[[Combo], Prepared],
 ) -> RunFeatureTests:
-    """Run a rendered project's own `-m <marker>` tests in the shared venv, against the real
-    services; they must pass and, under CI=true, nothing may skip."""
+    """A rendered project's own `-m <marker>` tests, run in the shared venv against the real
+    services; they must pass and, under CI=true, nothing may skip. Where the matrix runs the
+    combination's whole suite in this session (test_generated_tests), that run is read
+    instead: the same tests, against the same services."""
 
     def run(combo: Combo, marker: str) -> helpers.Completed:
-        require_services(combo.derived["services"])
-        rendered = render_cache(combo)
-        python = shared_python(str(combo.answers["python_version"]))
-        proc = helpers.run(
-            [str(python), "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", marker],
-            cwd=rendered.path,
-            env=helpers.generated_test_env(combo),
-            timeout=600,
-        )
+        if background_runs.selected("test_generated_tests", combo):
+            proc = background_runs.result("test_generated_tests", combo, generated_suite)
+        else:
+            require_services(combo.derived["services"])
+            rendered = render_cache(combo)
+            python = shared_python(str(combo.answers["python_version"]))
+            proc = helpers.run(
+                [str(python), "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", marker],
+                cwd=rendered.path,
+                env=helpers.generated_test_env(combo),
+                timeout=600,
+            )
         assert proc.returncode == 0, helpers.explain(proc)
         assert " SKIPPED" not in proc.stdout, helpers.explain(proc)
         return proc

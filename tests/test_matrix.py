@@ -18,7 +18,7 @@ from typing import Any
 import helpers
 import pytest
 import yaml
-from conftest import BackgroundRuns, Prepared, RenderCache, Rendered
+from conftest import BackgroundRuns, Prepared, Rendered
 from helpers import Combo
 from ruff.__main__ import find_ruff_bin
 
@@ -284,30 +284,14 @@ def test_mypy(rendered: Rendered, shared_python: Callable[[str], Path]) -> None:
 @parametrize_combos
 def test_generated_tests(
     rendered: Rendered,
-    render_cache: RenderCache,
-    shared_python: Callable[[str], Path],
-    require_services: Callable[[list[str]], None],
     background_runs: BackgroundRuns,
+    generated_suite: Callable[[Combo], Prepared],
 ) -> None:
     """The generated project's own suite passes against the real services (CI=true).
 
     Suites of the selected combinations run TEMPLATE_MATRIX_JOBS at a time in the background;
     this test waits for its own."""
-
-    def prepare(combo: Combo) -> Prepared:
-        require_services(combo.derived["services"])
-        project = render_cache(combo)
-        if not (project.path / "tests").is_dir():
-            pytest.fail("the generated project has no tests/ directory", pytrace=False)
-        python = shared_python(str(combo.answers["python_version"]))
-        return (
-            [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-            project.path,
-            helpers.generated_test_env(combo),
-            float(os.environ.get("TEMPLATE_GENERATED_TESTS_TIMEOUT", "900")),
-        )
-
-    proc = background_runs.result("test_generated_tests", rendered.combo, prepare)
+    proc = background_runs.result("test_generated_tests", rendered.combo, generated_suite)
     assert proc.returncode == 0, helpers.explain(proc)
     assert not proc.leftovers, (
         "the generated tests left processes running (killed now):\n" + "\n".join(proc.leftovers)

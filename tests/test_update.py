@@ -26,7 +26,8 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -58,15 +59,6 @@ RELEASE_1_ENV_EXAMPLE = "\n# A comment that 999.1.0 added to .env.example.\n"
 RELEASE_1_NEW_FILE = ("docs/operations.md.jinja", "# {{ project_name }}: operations\n")
 RELEASE_2_LINE = "\nRunbook entries arrive with 999.2.0.\n"
 
-GENERATED_TESTS_TIMEOUT = float(os.environ.get("TEMPLATE_GENERATED_TESTS_TIMEOUT", "900"))
-# After an answer change the project is asserted equal, file for file, to a fresh copy with
-# that answer plus the user's edits, and the matrix runs every fresh combination's whole suite:
-# here its unit tests (they import everything and read .env) are enough, unless this is set.
-FULL_SUITE_AFTER_ANSWER_CHANGES = os.environ.get("TEMPLATE_UPDATE_FULL_SUITES", "").lower() in {
-    "1",
-    "true",
-    "yes",
-}
 
 # ---------------------------------------------------------------------------------------------
 # git, copier and trees
@@ -385,35 +377,30 @@ def fresh_v1_with_edits(template_repo: Path, tmp_path_factory: pytest.TempPathFa
     return project
 
 
-@pytest.fixture
-def run_generated_tests(
+SuiteCommand = tuple[list[str], Path, dict[str, str], float]  # helpers.run's arguments
+
+
+@pytest.fixture(scope="module")
+def suite_command(
     shared_python: Callable[[str], Path],
     require_services: Callable[[Iterable[str]], None],
-) -> Callable[..., None]:
-    """Run a project's own test suite (CI=true) in the harness's shared venv."""
+) -> Callable[[Path], SuiteCommand]:
+    """How to run a project's whole test suite (CI=true) in the harness's shared venv."""
 
-    def run(project: Path, *, unit_only: bool = False) -> None:
+    def command(project: Path) -> SuiteCommand:
         answers = {k: v for k, v in recorded_answers(project).items() if not k.startswith("_")}
         combo = helpers.Combo(id="update", index=0, answers=answers)
         require_services(combo.derived["services"])
         python = shared_python(str(answers["python_version"]))
-        proc = helpers.run(
-            [
-                str(python),
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                *(["tests/unit"] if unit_only else []),
-            ],
-            cwd=project,
-            env=helpers.generated_test_env(combo),
-            timeout=GENERATED_TESTS_TIMEOUT,
-        )
-        assert proc.returncode == 0, helpers.explain(proc)
+        argv = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        return argv, project, helpers.generated_test_env(combo), helpers.GENERATED_TESTS_TIMEOUT
 
-    return run
+    return command
+
+
+def assert_suite_passed(proc: helpers.Completed) -> None:
+    assert proc.returncode == 0, helpers.explain(proc)
+    assert not proc.leftovers, "the suite left processes running:\n" + "\n".join(proc.leftovers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,10 +441,10 @@ def test_update_equals_a_fresh_copy_plus_the_users_edits(
 
 
 def test_updated_project_passes_its_tests(
-    updated: Updated, run_generated_tests: Callable[..., None]
+    updated: Updated, suite_command: Callable[[Path], SuiteCommand]
 ) -> None:
     assert not updated.leftovers
-    run_generated_tests(updated.path)
+    assert_suite_passed(helpers.run(*suite_command(updated.path)))
 
 
 def test_conflicts_are_found_although_update_exits_0(project_v0: Path, tmp_path: Path) -> None:
@@ -490,43 +477,93 @@ def _env_with_broker(env: str, broker: str) -> str:
     return re.sub(r"(?m)^TASKIQ_BROKER_TYPE=.*$", f"TASKIQ_BROKER_TYPE={broker}", env)
 
 
+@dataclass
+class AnswerChange:
+    """The user's project updated with one answer changed, and its suite's run."""
+
+    project: Path
+    answers_before: dict[str, Any]
+    tree_before: dict[str, bytes]
+    env_before: str
+    leftovers: list[str]  # conflicts the update left
+    differences: list[str]  # from a fresh copy with the new answer plus the user's edits
+    suite: Future[helpers.Completed] | None
+
+
+@pytest.fixture(scope="module")
+def answer_changes(
+    request: pytest.FixtureRequest,
+    updated: Updated,
+    template_repo: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    suite_command: Callable[[Path], SuiteCommand],
+) -> Iterator[dict[tuple[str, Any], AnswerChange]]:
+    """Every selected answer change, updated at once, with the changed projects' whole suites
+    running TEMPLATE_MATRIX_JOBS at a time in the background (they mostly wait on their
+    workers and brokers); each test checks its own change and waits for its own suite."""
+    assert not updated.leftovers
+    wanted = [
+        (item.callspec.params["question"], item.callspec.params["value"])
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_changing_an_answer_and_back"
+    ]
+    jobs = helpers.background_jobs()
+    changes: dict[tuple[str, Any], AnswerChange] = {}
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="update") as pool:
+        try:
+            for question, value in wanted:
+                root = tmp_path_factory.mktemp(f"{question}-{value}")
+                project = clone_project(updated.path, root / "project")
+                change = AnswerChange(
+                    project=project,
+                    answers_before=recorded_answers(project),
+                    tree_before=tree(project),
+                    env_before=(project / ".env").read_text(encoding="utf-8"),
+                    leftovers=[],
+                    differences=[],
+                    suite=None,
+                )
+                changes[(question, value)] = change
+                update(project, V1, **{question: value})
+                change.leftovers = leftovers(project)
+                if change.leftovers:
+                    continue
+                answers = {k: v for k, v in change.answers_before.items() if k[0] != "_"}
+                fresh = copy(template_repo, root / "fresh", V1, {**answers, question: value})
+                git_init(fresh, "fresh")
+                apply_user_edits(fresh)
+                change.differences = tree_differences(tree(project), tree(fresh))
+                change.suite = pool.submit(helpers.run, *suite_command(project))
+            yield changes
+        finally:
+            helpers.kill_active_runs()
+
+
 @pytest.mark.parametrize(("question", "value"), _answer_changes())
 def test_changing_an_answer_and_back(
     question: str,
     value: Any,
-    updated: Updated,
-    template_repo: Path,
-    tmp_path: Path,
-    run_generated_tests: Callable[..., None],
+    answer_changes: dict[tuple[str, Any], AnswerChange],
 ) -> None:
     """`copier update --data <question>=<value>` gives what a fresh copy with that answer plus
-    the user's edits gives, passes its own unit tests (its whole suite with
-    TEMPLATE_UPDATE_FULL_SUITES=1), and updating back restores the project file for file."""
-    assert not updated.leftovers
-    project = clone_project(updated.path, tmp_path / "project")
-    before = recorded_answers(project)
-    original = before[question]
-    env = (project / ".env").read_text(encoding="utf-8")
-    tree_before = tree(project)
-
-    update(project, V1, **{question: value})
-    assert not (found := leftovers(project)), "\n".join(found)
+    the user's edits gives, passes its own whole test suite, and updating back restores the
+    project file for file."""
+    change = answer_changes[(question, value)]
+    project = change.project
+    assert not change.leftovers, "\n".join(change.leftovers)
     assert recorded_answers(project)[question] == value
-    answers = {k: v for k, v in before.items() if not k.startswith("_")}
-    fresh = copy(template_repo, tmp_path / "fresh", V1, {**answers, question: value})
-    git_init(fresh, "fresh")
-    apply_user_edits(fresh)
-    problems = tree_differences(tree(project), tree(fresh))
-    assert not problems, "\n".join(problems)
+    assert not change.differences, "\n".join(change.differences)
     # The user's .env is kept, except the broker it names (the sync_env task).
     broker = recorded_answers(project)["broker"]
+    env = change.env_before
     assert (project / ".env").read_text(encoding="utf-8") == _env_with_broker(env, broker)
-    run_generated_tests(project, unit_only=not FULL_SUITE_AFTER_ANSWER_CHANGES)
+    assert change.suite is not None
+    assert_suite_passed(change.suite.result())
 
     commit_all(project, f"{question}={value}")
-    update(project, V1, **{question: original})
+    update(project, V1, **{question: change.answers_before[question]})
     assert not (found := leftovers(project)), "\n".join(found)
-    problems = tree_differences(tree(project), tree_before)
+    problems = tree_differences(tree(project), change.tree_before)
     assert not problems, "updating back did not restore the project:\n" + "\n".join(problems)
     assert (project / ".env").read_text(encoding="utf-8") == env
 

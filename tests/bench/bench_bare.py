@@ -5,6 +5,11 @@ prefetch = max async tasks), the same result backend, and the same no-op task: n
 no task states, no metrics, taskiq's default logging. Configured by the environment:
 BENCH_BROKER (redis | rabbitmq), BENCH_QUEUE, BENCH_REDIS_URL, BENCH_RABBITMQ_URL,
 BENCH_RESULT_BACKEND (redis | none), BENCH_CONCURRENCY.
+
+With BENCH_DATABASE_URL ("taskiq-db"), the worker also carries the database layer that a task
+writing rows needs, as the generated worker does: an ORM model, and an async SQLAlchemy engine
+(asyncpg) with a session factory made at worker start-up. The no-op task stays the same: this
+contender tells what of the generated worker's memory is the database layer itself.
 """
 
 from __future__ import annotations
@@ -72,3 +77,27 @@ async def noop(sent_at: float) -> None:
 @broker.task(task_name="notes:create")
 async def create_note(title: str, body: str) -> None:
     """What the bare API sends (no worker runs it during the API benchmark)."""
+
+
+if os.environ.get("BENCH_DATABASE_URL"):
+    from sqlalchemy import Integer
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+    from sqlalchemy.pool import NullPool
+    from taskiq import TaskiqEvents, TaskiqState
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Row(Base):
+        __tablename__ = "bench_bare_rows"
+        id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+    @broker.on_event(TaskiqEvents.WORKER_STARTUP)
+    async def open_database(state: TaskiqState) -> None:
+        state.engine = create_async_engine(os.environ["BENCH_DATABASE_URL"], poolclass=NullPool)
+        state.sessions = async_sessionmaker(state.engine)
+
+    @broker.on_event(TaskiqEvents.WORKER_SHUTDOWN)
+    async def close_database(state: TaskiqState) -> None:
+        await state.engine.dispose()

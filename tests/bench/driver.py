@@ -365,6 +365,10 @@ def contenders(cfg: Config, broker: str, without: str = "") -> dict[str, Contend
         else:
             await bench_raw.produce_rabbitmq(queue, count)
 
+    def bare_db_command(queue: str) -> tuple[list[str], dict[str, str], Path]:
+        command, env, cwd = bare_command(queue)
+        return command, {**env, "BENCH_DATABASE_URL": cfg.database_urls[broker]}, cwd
+
     def raw_command(queue: str) -> tuple[list[str], dict[str, str], Path]:
         command = [py, str(HERE / "bench_raw.py"), "consume", broker, queue, str(cfg.workers)]
         return command, base_env(cfg, queue), HERE
@@ -372,6 +376,7 @@ def contenders(cfg: Config, broker: str, without: str = "") -> dict[str, Contend
     result = {
         "generated": Contender("generated", broker, fill_generated, generated_command, cfg.workers),
         "taskiq": Contender("taskiq", broker, fill_bare, bare_command, cfg.workers),
+        "taskiq-db": Contender("taskiq-db", broker, fill_bare, bare_db_command, cfg.workers),
         "raw": Contender("raw", broker, fill_raw, raw_command, cfg.workers),
     }
     if broker == "redis":
@@ -765,7 +770,9 @@ def report(out: Results, brokers: list[str]) -> None:
         )
     for broker in brokers:
         generated = f"generated {broker}"
-        present = [o for o in ("taskiq", "celery", "raw") if f"{o} {broker}" in out.trials]
+        present = [
+            o for o in ("taskiq", "taskiq-db", "celery", "raw") if f"{o} {broker}" in out.trials
+        ]
         if generated not in out.trials:
             present = []
         for other in present:
