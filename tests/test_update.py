@@ -58,6 +58,11 @@ RELEASE_1_README = "\nThis project follows its template with `copier update` (99
 RELEASE_1_ENV_EXAMPLE = "\n# A comment that 999.1.0 added to .env.example.\n"
 RELEASE_1_NEW_FILE = ("docs/operations.md.jinja", "# {{ project_name }}: operations\n")
 RELEASE_2_LINE = "\nRunbook entries arrive with 999.2.0.\n"
+# 999.1.0 also changes a Python file that the user edited too (a few lines away): the update
+# must merge both. (The settings template, the line it goes above, and the line itself.)
+SETTINGS_TEMPLATE = "src/{{ package_name }}/infrastructure/config/settings.py.jinja"
+RELEASE_1_SETTINGS_ANCHOR = "    taskiq_metrics_port: int"
+RELEASE_1_SETTINGS_LINE = "    # Prometheus scrapes this port on every worker host (999.1.0).\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +336,17 @@ def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _append(repo / sub / "README.md.jinja", RELEASE_1_README)
     _append(repo / sub / ".env.example.jinja", RELEASE_1_ENV_EXAMPLE)
     _append(repo / sub / RELEASE_1_NEW_FILE[0], RELEASE_1_NEW_FILE[1])
+    settings = repo / sub / SETTINGS_TEMPLATE
+    text = settings.read_text(encoding="utf-8")
+    assert text.count(RELEASE_1_SETTINGS_ANCHOR) == 1, (
+        f"{SETTINGS_TEMPLATE} changed: update this test"
+    )
+    settings.write_text(
+        text.replace(
+            RELEASE_1_SETTINGS_ANCHOR, RELEASE_1_SETTINGS_LINE + RELEASE_1_SETTINGS_ANCHOR
+        ),
+        encoding="utf-8",
+    )
     commit_all(repo, "release 999.1.0")
     git(repo, "tag", "-a", V1, "-m", V1)  # annotated and lightweight tags both work
 
@@ -419,6 +435,8 @@ def test_update_brings_the_template_change(updated: Updated) -> None:
     new_file = updated.path / RELEASE_1_NEW_FILE[0].removesuffix(".jinja")
     assert new_file.read_text(encoding="utf-8") == f"# {ANSWERS['project_name']}: operations\n"
     assert RELEASE_1_ENV_EXAMPLE.strip() in (updated.path / ".env.example").read_text()
+    settings = updated.path / f"src/{PKG}/infrastructure/config/settings.py"
+    assert RELEASE_1_SETTINGS_LINE in settings.read_text(encoding="utf-8")
 
 
 def test_update_keeps_the_users_edits(updated: Updated) -> None:
