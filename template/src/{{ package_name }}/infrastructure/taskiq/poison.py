@@ -3,7 +3,8 @@
 taskiq's receiver acks and drops a message it cannot parse or whose task it does not know,
 leaving only a log line. The brokers of this project check each delivery first and set such
 a message aside (a `<queue>:poison` Redis stream, a `<queue>.poison` RabbitMQ queue), where an
-operator can read it, fix what sent it, and send it again.
+operator can read it, fix what sent it, and send it again. So is a message delivered more than
+`TASKIQ_MAX_DELIVERIES` times without an ack: each time, the process running it died.
 """
 
 from taskiq import AsyncBroker
@@ -25,3 +26,13 @@ def poison_reason(broker: AsyncBroker, data: bytes) -> str | None:
     if broker.find_task(message.task_name) is None:
         return f"unknown task {message.task_name!r}"[:MAX_REASON_LENGTH]
     return None
+
+
+def redelivery_reason(deliveries: int, max_deliveries: int) -> str | None:
+    """Why a message delivered `deliveries` times (this one included) is set aside, or None."""
+    if deliveries <= max_deliveries:
+        return None
+    return (
+        f"delivered {deliveries} times without being acknowledged (the worker running it died"
+        f" each time; TASKIQ_MAX_DELIVERIES={max_deliveries})"
+    )
