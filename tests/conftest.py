@@ -256,9 +256,6 @@ RunFeatureTests = Callable[[Combo, str], helpers.Completed]
 
 @pytest.fixture
 def run_feature_tests(
-    render_cache: RenderCache,
-    shared_python: Callable[[str], Path],
-    require_services: Callable[[list[str]], None],
     background_runs: BackgroundRuns,
     generated_suite: Callable[[Combo], Prepared],
 ) -> RunFeatureTests:
@@ -271,15 +268,8 @@ def run_feature_tests(
         if background_runs.selected("test_generated_tests", combo):
             proc = background_runs.result("test_generated_tests", combo, generated_suite)
         else:
-            require_services(combo.derived["services"])
-            rendered = render_cache(combo)
-            python = shared_python(str(combo.answers["python_version"]))
-            proc = helpers.run(
-                [str(python), "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", marker],
-                cwd=rendered.path,
-                env=helpers.generated_test_env(combo),
-                timeout=600,
-            )
+            command, cwd, env, timeout = generated_suite(combo)
+            proc = helpers.run([*command, "-m", marker], cwd, env, timeout)
         assert proc.returncode == 0, helpers.explain(proc)
         assert " SKIPPED" not in proc.stdout, helpers.explain(proc)
         return proc
