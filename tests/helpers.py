@@ -441,6 +441,25 @@ def normalize_requirement_name(requirement: str) -> str:
 
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
+# `python -c DATABASE_SCRIPT ADMIN_URL create|drop NAME`, with a venv's python that has asyncpg
+# (ADMIN_URL without "+asyncpg"): creates or drops a PostgreSQL database.
+DATABASE_SCRIPT = """
+import asyncio, sys
+import asyncpg
+
+async def main(admin, action, name):
+    connection = await asyncpg.connect(admin)
+    try:
+        if action == "create":
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        else:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
 
 def service_addresses() -> dict[str, tuple[str, int]]:
     pg = urlsplit(os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))

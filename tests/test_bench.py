@@ -34,23 +34,7 @@ FILES = (
     "tests/unit/test_bench_report.py",
 )
 
-# Creates or drops a database, and reports what a run left behind (in the project's venv).
-_DATABASE = """
-import asyncio, sys
-import asyncpg
-
-async def main(admin, action, name):
-    connection = await asyncpg.connect(admin)
-    try:
-        if action == "create":
-            await connection.execute(f'CREATE DATABASE "{name}"')
-        else:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-asyncio.run(main(*sys.argv[1:]))
-"""
+# Reports what a run left behind (in the project's venv).
 _LEFTOVERS = """
 import asyncio, json, sys
 import asyncpg
@@ -131,7 +115,9 @@ def test_the_bench_command_runs_and_leaves_nothing_behind(
             env["TASKIQ_REDIS_HOST"], env["TASKIQ_REDIS_PORT"], env["TASKIQ_REDIS_DB"]
         )
     plain_admin = admin.replace("+asyncpg", "")
-    created = helpers.run([python, "-c", _DATABASE, plain_admin, "create", name], rendered.path)
+    created = helpers.run(
+        [python, "-c", helpers.DATABASE_SCRIPT, plain_admin, "create", name], rendered.path
+    )
     assert created.returncode == 0, helpers.explain(created)
     try:
         migrated = helpers.run([python, "-m", "alembic", "upgrade", "heads"], rendered.path, env)
@@ -157,4 +143,6 @@ def test_the_bench_command_runs_and_leaves_nothing_behind(
         left = json.loads(check.stdout)
         assert left == {"tables": [], "states": 0, "keys": []}
     finally:
-        helpers.run([python, "-c", _DATABASE, plain_admin, "drop", name], rendered.path)
+        helpers.run(
+            [python, "-c", helpers.DATABASE_SCRIPT, plain_admin, "drop", name], rendered.path
+        )

@@ -41,23 +41,6 @@ PROJECTS = {
 EXTRA_REQUIREMENTS = ["celery[redis]>=5.4"]
 PYTHON_VERSION = "3.12"
 
-_DB_SCRIPT = """
-import asyncio, sys
-import asyncpg
-
-async def main(admin, action, name):
-    connection = await asyncpg.connect(admin)
-    try:
-        if action == "create":
-            await connection.execute(f'CREATE DATABASE "{name}"')
-        else:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-asyncio.run(main(*sys.argv[1:]))
-"""
-
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
@@ -125,7 +108,7 @@ def main() -> int:
             )
             backends[broker] = str(helpers.copier_config()["result_backend"]["default"])
             name = f"bench_{run_id}_{broker}"
-            check([str(python), "-c", _DB_SCRIPT, admin_plain, "create", name])
+            check([str(python), "-c", helpers.DATABASE_SCRIPT, admin_plain, "create", name])
             databases[broker] = admin.rsplit("/", 1)[0] + f"/{name}"
             env = {**os.environ, "DATABASE_URL": databases[broker], "TASKIQ_ENABLED": "false"}
             env.pop("VIRTUAL_ENV", None)
@@ -172,7 +155,7 @@ def main() -> int:
         for url in databases.values():
             name = urlsplit(url).path.lstrip("/")
             subprocess.run(
-                [str(python), "-c", _DB_SCRIPT, admin_plain, "drop", name],
+                [str(python), "-c", helpers.DATABASE_SCRIPT, admin_plain, "drop", name],
                 capture_output=True,
                 check=False,
             )
