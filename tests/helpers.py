@@ -242,6 +242,21 @@ def combos() -> tuple[Combo, ...]:
     return tuple(result)
 
 
+def pick_combo(required: Mapping[str, Any], preferred: Mapping[str, Any] | None = None) -> Combo:
+    """The first combination with every `required` answer; among those, the first that also
+    has every `preferred` answer, if one does."""
+    candidates = [
+        combo
+        for combo in combos()
+        if all(combo.answers.get(name) == value for name, value in required.items())
+    ]
+    assert candidates, f"no combination with {dict(required)}"
+    for combo in candidates:
+        if all(combo.answers.get(name) == value for name, value in (preferred or {}).items()):
+            return combo
+    return candidates[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------------------------

@@ -46,23 +46,16 @@ INTEGRATION_TESTS = (
 )
 
 
-def _pick(**wanted: object) -> Combo:
-    for combo in helpers.combos():
-        if all(combo.answers.get(name) == value for name, value in wanted.items()):
-            return combo
-    raise AssertionError(f"no combination with {wanted}")
-
-
 # Redis broker (states in Redis), and RabbitMQ without any Redis (states in the database).
 COMBOS = [
-    _pick(broker="redis", result_backend="redis", include_email=False),
-    _pick(broker="rabbitmq", result_backend="none", include_email=False),
+    helpers.pick_combo({"broker": "redis", "result_backend": "redis", "include_email": False}),
+    helpers.pick_combo({"broker": "rabbitmq", "result_backend": "none", "include_email": False}),
 ]
 # The other two ways to have Redis or not, for the file checks only.
 ALL_STORES = [
     *COMBOS,
-    _pick(broker="redis", result_backend="none"),
-    _pick(broker="rabbitmq", result_backend="redis"),
+    helpers.pick_combo({"broker": "redis", "result_backend": "none"}),
+    helpers.pick_combo({"broker": "rabbitmq", "result_backend": "redis"}),
 ]
 
 

@@ -42,23 +42,14 @@ _PREFERRED = {
 }
 
 
-def _pick(broker: str, include_email: bool) -> Combo:
-    candidates = [
-        combo
-        for combo in helpers.combos()
-        if combo.answers.get("broker") == broker
-        and bool(combo.answers.get("include_email")) is include_email
-    ]
-    assert candidates, f"no combination with broker={broker} include_email={include_email}"
-    preferred = _PREFERRED[broker]
-    for combo in candidates:
-        if all(combo.answers.get(name) == value for name, value in preferred.items()):
-            return combo
-    return candidates[0]
-
-
-EMAIL_COMBOS = [_pick(broker, True) for broker in _PREFERRED]
-PLAIN_COMBOS = [_pick(broker, False) for broker in _PREFERRED]
+EMAIL_COMBOS = [
+    helpers.pick_combo({"broker": broker, "include_email": True}, preferred)
+    for broker, preferred in _PREFERRED.items()
+]
+PLAIN_COMBOS = [
+    helpers.pick_combo({"broker": broker, "include_email": False}, preferred)
+    for broker, preferred in _PREFERRED.items()
+]
 
 
 def _read(rendered: Rendered, relative: str) -> str:

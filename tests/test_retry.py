@@ -49,23 +49,14 @@ _PREFERRED = {
 }
 
 
-def _pick(broker: str, include_retry: bool) -> Combo:
-    candidates = [
-        combo
-        for combo in helpers.combos()
-        if combo.answers.get("broker") == broker
-        and bool(combo.answers.get("include_retry")) is include_retry
-    ]
-    assert candidates, f"no combination with broker={broker} include_retry={include_retry}"
-    preferred = _PREFERRED[broker]
-    for combo in candidates:
-        if all(combo.answers.get(name) == value for name, value in preferred.items()):
-            return combo
-    return candidates[0]
-
-
-RETRY_COMBOS = [_pick(broker, True) for broker in _PREFERRED]
-PLAIN_COMBOS = [_pick(broker, False) for broker in _PREFERRED]
+RETRY_COMBOS = [
+    helpers.pick_combo({"broker": broker, "include_retry": True}, preferred)
+    for broker, preferred in _PREFERRED.items()
+]
+PLAIN_COMBOS = [
+    helpers.pick_combo({"broker": broker, "include_retry": False}, preferred)
+    for broker, preferred in _PREFERRED.items()
+]
 
 
 def _read(rendered: Rendered, relative: str) -> str:

@@ -44,23 +44,16 @@ INTEGRATION_TESTS = (
 )
 
 
-def _pick(include_scheduler: bool, **wanted: str) -> Combo:
-    for combo in helpers.combos():
-        if bool(combo.answers.get("include_scheduler")) is include_scheduler and all(
-            combo.answers.get(name) == value for name, value in wanted.items()
-        ):
-            return combo
-    raise AssertionError(f"no combination with include_scheduler={include_scheduler} {wanted}")
-
-
 # With Redis (its lock and schedule source) and without (the database's).
 SCHEDULER_COMBOS = [
-    _pick(True, broker="redis", result_backend="redis"),
-    _pick(True, broker="rabbitmq", result_backend="none"),
+    helpers.pick_combo({"include_scheduler": True, "broker": "redis", "result_backend": "redis"}),
+    helpers.pick_combo({"include_scheduler": True, "broker": "rabbitmq", "result_backend": "none"}),
 ]
 PLAIN_COMBOS = [
-    _pick(False, broker="redis", result_backend="redis"),
-    _pick(False, broker="rabbitmq", result_backend="none"),
+    helpers.pick_combo({"include_scheduler": False, "broker": "redis", "result_backend": "redis"}),
+    helpers.pick_combo(
+        {"include_scheduler": False, "broker": "rabbitmq", "result_backend": "none"}
+    ),
 ]
 
 
