@@ -48,6 +48,10 @@ class Rendered:
     def package_dir(self) -> Path:
         return self.path / "src" / self.combo.package
 
+    def read(self, relative: str) -> str:
+        """A rendered file's text; `{pkg}` in `relative` is the package name."""
+        return (self.path / relative.format(pkg=self.combo.package)).read_text("utf-8")
+
     def __repr__(self) -> str:
         return f"Rendered({self.combo.id} at {self.path})"
 

@@ -10,7 +10,7 @@ import re
 
 import helpers
 import pytest
-from conftest import RenderCache, Rendered, RunFeatureTests
+from conftest import RenderCache, RunFeatureTests
 from helpers import Combo
 
 pytestmark = pytest.mark.email
@@ -52,35 +52,31 @@ PLAIN_COMBOS = [
 ]
 
 
-def _read(rendered: Rendered, relative: str) -> str:
-    return (rendered.path / relative.format(pkg=rendered.combo.package)).read_text("utf-8")
-
-
 @pytest.mark.parametrize("combo", EMAIL_COMBOS, ids=str)
 def test_the_option_adds_the_module_tasks_templates_settings_and_users(
     render_cache: RenderCache, combo: Combo
 ) -> None:
     rendered = render_cache(combo)
 
-    tasks = _read(rendered, "src/{pkg}/modules/email/tasks.py")
+    tasks = rendered.read("src/{pkg}/modules/email/tasks.py")
     for name, function in EMAIL_TASKS.items():
         assert re.search(rf'@register_task\("{name}"[^)]*\)\nasync def {function}\(', tasks), name
     templates = rendered.package_dir / "modules" / "email" / "templates"
     for kind in MESSAGE_TYPES:
         for part in ("subject.txt", "body.txt", "body.html"):
             assert (templates / kind / part).is_file(), f"{kind}/{part}"
-    env_example = _read(rendered, ".env.example")
+    env_example = rendered.read(".env.example")
     for variable in SMTP_SETTINGS:
         assert re.search(rf"^{variable}=", env_example, re.MULTILINE), variable
-    settings = _read(rendered, "src/{pkg}/infrastructure/config/settings.py")
+    settings = rendered.read("src/{pkg}/infrastructure/config/settings.py")
     for variable in SMTP_SETTINGS:
         assert f"    {variable.lower()}:" in settings, variable
-    migration = _read(rendered, "migrations/versions/0005_users.py")
+    migration = rendered.read("migrations/versions/0005_users.py")
     assert 'revision: str = "0005_users"' in migration
     assert 'down_revision: str | None = "0001"' in migration
     assert '("users",)' in migration
     assert (rendered.package_dir / "modules" / "users" / "models.py").is_file()
-    readme = _read(rendered, "README.md")
+    readme = rendered.read("README.md")
     assert "Mailpit" in readme and "127.0.0.1:1025" in readme and "127.0.0.1:8025" in readme
     dependencies = " ".join(combo.derived["dependencies"] + combo.derived["dev_dependencies"])
     for package in ("aiosmtplib", "email-validator", "jinja2", "aiosmtpd"):
@@ -98,7 +94,7 @@ def test_without_the_option_there_is_no_smtp_code_or_dependency(
     assert not (rendered.path / "migrations" / "versions" / "0005_users.py").exists()
     assert not (rendered.path / "tests" / "smtp_sink.py").exists()
     for relative in (".env.example", "src/{pkg}/infrastructure/config/settings.py", "README.md"):
-        assert not re.search(r"smtp", _read(rendered, relative), re.IGNORECASE), relative
+        assert not re.search(r"smtp", rendered.read(relative), re.IGNORECASE), relative
     dependencies = combo.derived["dependencies"] + combo.derived["dev_dependencies"]
     assert not [d for d in dependencies if d.startswith(("aiosmtplib", "aiosmtpd"))]
 

@@ -12,7 +12,7 @@ import re
 
 import helpers
 import pytest
-from conftest import RenderCache, Rendered, RunFeatureTests
+from conftest import RenderCache, RunFeatureTests
 from helpers import Combo
 
 pytestmark = pytest.mark.retry
@@ -59,10 +59,6 @@ PLAIN_COMBOS = [
 ]
 
 
-def _read(rendered: Rendered, relative: str) -> str:
-    return (rendered.path / relative.format(pkg=rendered.combo.package)).read_text("utf-8")
-
-
 @pytest.mark.parametrize("combo", RETRY_COMBOS, ids=str)
 def test_the_option_adds_the_middleware_dead_letters_settings_and_migration(
     render_cache: RenderCache, combo: Combo
@@ -71,20 +67,20 @@ def test_the_option_adds_the_middleware_dead_letters_settings_and_migration(
 
     for relative in RETRY_FILES:
         assert (rendered.path / relative.format(pkg=combo.package)).is_file(), relative
-    middlewares = _read(rendered, "src/{pkg}/infrastructure/taskiq/middlewares.py")
+    middlewares = rendered.read("src/{pkg}/infrastructure/taskiq/middlewares.py")
     assert "middlewares.append(RetryMiddleware.from_settings(" in middlewares
-    assert "app.include_router(dead_letters_router)" in _read(rendered, "src/{pkg}/main.py")
-    env_example = _read(rendered, ".env.example")
-    settings = _read(rendered, "src/{pkg}/infrastructure/config/settings.py")
+    assert "app.include_router(dead_letters_router)" in rendered.read("src/{pkg}/main.py")
+    env_example = rendered.read(".env.example")
+    settings = rendered.read("src/{pkg}/infrastructure/config/settings.py")
     for variable in RETRY_SETTINGS:
         assert re.search(rf"^{variable}=", env_example, re.MULTILINE), variable
         assert f"    {variable.lower()}:" in settings, variable
-    migration = _read(rendered, "migrations/versions/0003_retry.py")
+    migration = rendered.read("migrations/versions/0003_retry.py")
     assert 'revision: str = "0003_retry"' in migration
     assert 'down_revision: str | None = "0001"' in migration
     assert '("retry",)' in migration
-    assert '"retry: ' in _read(rendered, "pyproject.toml")
-    readme = _read(rendered, "README.md")
+    assert '"retry: ' in rendered.read("pyproject.toml")
+    readme = rendered.read("README.md")
     assert "retry_on_error=True" in readme
     assert "modules.dead_letters.cli" in readme
 
@@ -105,7 +101,7 @@ def test_without_the_option_there_is_no_retry_code(render_cache: RenderCache, co
         "src/{pkg}/infrastructure/taskiq/middlewares.py",
         "src/{pkg}/infrastructure/taskiq/registry.py",
     ):
-        text = _read(rendered, relative)
+        text = rendered.read(relative)
         assert not re.search(r"retry|dead.letters|failed_tasks", text, re.IGNORECASE), relative
 
 

@@ -12,7 +12,7 @@ import re
 
 import helpers
 import pytest
-from conftest import RenderCache, Rendered, RunFeatureTests
+from conftest import RenderCache, RunFeatureTests
 from helpers import Combo
 
 pytestmark = pytest.mark.scheduler
@@ -57,10 +57,6 @@ PLAIN_COMBOS = [
 ]
 
 
-def _read(rendered: Rendered, relative: str) -> str:
-    return (rendered.path / relative.format(pkg=rendered.combo.package)).read_text("utf-8")
-
-
 @pytest.mark.parametrize("combo", SCHEDULER_COMBOS, ids=str)
 def test_the_option_adds_the_scheduler_its_api_and_its_migration(
     render_cache: RenderCache, combo: Combo
@@ -69,12 +65,12 @@ def test_the_option_adds_the_scheduler_its_api_and_its_migration(
 
     for relative in SCHEDULER_FILES:
         assert (rendered.path / relative.format(pkg=combo.package)).is_file(), relative
-    scheduler = _read(rendered, "src/{pkg}/infrastructure/taskiq/scheduler.py")
+    scheduler = rendered.read("src/{pkg}/infrastructure/taskiq/scheduler.py")
     assert "scheduler = TickStampingScheduler(" in scheduler
     assert "LabelScheduleSource(broker)" in scheduler
-    sources = _read(rendered, "src/{pkg}/modules/scheduling/sources.py")
-    locks = _read(rendered, "src/{pkg}/modules/scheduling/locks.py")
-    migration = _read(rendered, "migrations/versions/0002_scheduler.py")
+    sources = rendered.read("src/{pkg}/modules/scheduling/sources.py")
+    locks = rendered.read("src/{pkg}/modules/scheduling/locks.py")
+    migration = rendered.read("migrations/versions/0002_scheduler.py")
     if combo.derived["needs_redis"]:
         assert "ListRedisScheduleSource(" in sources
         assert "serializer=ORJSONSerializer()" in sources
@@ -89,12 +85,12 @@ def test_the_option_adds_the_scheduler_its_api_and_its_migration(
     assert 'revision: str = "0002_scheduler"' in migration
     assert 'down_revision: str | None = "0001"' in migration
     assert '("scheduler",)' in migration
-    main = _read(rendered, "src/{pkg}/main.py")
+    main = rendered.read("src/{pkg}/main.py")
     assert "app.include_router(scheduling_router)" in main
     assert "open_schedule_source(" in main
-    assert re.search(r"^CRON_RUNS_RETENTION_DAYS=", _read(rendered, ".env.example"), re.M)
-    assert '"scheduler: ' in _read(rendered, "pyproject.toml")
-    readme = _read(rendered, "README.md")
+    assert re.search(r"^CRON_RUNS_RETENTION_DAYS=", rendered.read(".env.example"), re.M)
+    assert '"scheduler: ' in rendered.read("pyproject.toml")
+    readme = rendered.read("README.md")
     assert "Run exactly one scheduler" in readme
     assert f"taskiq scheduler {combo.package}.infrastructure.taskiq.scheduler:scheduler" in readme
 
@@ -114,11 +110,11 @@ def test_without_the_option_there_is_no_scheduler_code(
         "src/{pkg}/main.py",
         "src/{pkg}/infrastructure/config/settings.py",
     ):
-        text = _read(rendered, relative)
+        text = rendered.read(relative)
         assert not re.search(r"cron|schedul|tzdata", text, re.IGNORECASE), relative
-    readme = _read(rendered, "README.md")
+    readme = rendered.read("README.md")
     assert not re.search(r"cron|taskiq scheduler|/schedules", readme, re.IGNORECASE)
-    assert "scheduler" not in _read(rendered, "compose.yaml")
+    assert "scheduler" not in rendered.read("compose.yaml")
 
 
 @pytest.mark.parametrize("combo", SCHEDULER_COMBOS, ids=str)
