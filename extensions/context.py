@@ -150,6 +150,9 @@ def derive(answers: dict[str, Any]) -> dict[str, Any]:
         "needs_redis": needs_redis,
         "needs_rabbitmq": needs_rabbitmq,
         "has_result_backend": result_backend != "none",
+        # Task states in Redis: an idle worker needs no database, so it imports SQLAlchemy with
+        # its first database task. Without Redis, workers poll cancels from the database.
+        "workers_load_database_lazily": needs_redis,
         # The system-wide email fan-out needs someone to write to: a minimal users table.
         "include_users": include_email,
         "dependencies": sorted(dependencies, key=str.lower),

@@ -135,6 +135,11 @@ CONDITIONAL_PATHS: list[Expect] = [
     Expect("include_retry", _is("include_retry"), "src/{pkg}/infrastructure/taskiq/retry.py"),
     Expect("include_retry", _is("include_retry"), "src/{pkg}/modules/dead_letters/"),
     Expect("include_retry", _is("include_retry"), "migrations/versions/0003_retry.py"),
+    Expect(
+        "workers_load_database_lazily",
+        _is("workers_load_database_lazily"),
+        "tests/unit/test_worker_imports.py",
+    ),
 ]
 
 _CONDITION = re.compile(r"\{%-?\s*(if|endif)\b[^%]*%\}")

@@ -7,9 +7,9 @@ BENCH_BROKER (redis | rabbitmq), BENCH_QUEUE, BENCH_REDIS_URL, BENCH_RABBITMQ_UR
 BENCH_RESULT_BACKEND (redis | none), BENCH_CONCURRENCY.
 
 With BENCH_DATABASE_URL ("taskiq-db"), the worker also carries the database layer that a task
-writing rows needs, as the generated worker does: an ORM model, and an async SQLAlchemy engine
-(asyncpg) with a session factory made at worker start-up. The no-op task stays the same: this
-contender tells what of the generated worker's memory is the database layer itself.
+writing rows needs: an ORM model, and an async SQLAlchemy engine (asyncpg) with a session
+factory made at worker start-up. The no-op task stays the same: this contender tells what the
+database layer weighs, which a generated worker loads only with its first database task.
 """
 
 from __future__ import annotations

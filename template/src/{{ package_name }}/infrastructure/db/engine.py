@@ -1,5 +1,7 @@
 """Engine and session factories (SQLAlchemy 2 async)."""
 
+from collections.abc import Callable
+
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -7,6 +9,10 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import NullPool
+
+# What code that opens its own sessions takes: an async_sessionmaker, or a worker's
+# LazySessionFactory (db/lazy.py).
+SessionFactory = Callable[[], AsyncSession]
 
 
 def create_engine(database_url: str, *, null_pool: bool = False) -> AsyncEngine:
