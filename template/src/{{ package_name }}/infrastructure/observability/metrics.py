@@ -1,4 +1,4 @@
-"""Prometheus metrics: GET /metrics on the API, taskiq's PrometheusMiddleware in the worker.
+"""Prometheus metrics: GET /metrics on the API, taskiq's task metrics in the worker.
 
 prometheus_client chooses where metric values live when it is first imported: in the process,
 or in one file per process under PROMETHEUS_MULTIPROC_DIR when that variable is set. Worker
@@ -66,7 +66,8 @@ def install_worker_metrics(
 ) -> None:
     """Serve task metrics on `host:port` from worker processes; `port` 0 turns them off.
 
-    taskiq's PrometheusMiddleware is added at worker start-up, so the API process (which builds
+    taskiq's PrometheusMiddleware (its buffered form, task_metrics.py) is added at worker
+    start-up, so the API process (which builds
     the same broker to send tasks) neither creates the task metrics nor touches the directory.
     Every worker process records into the shared directory; the first one to bind the port
     serves the sum for all of them.
@@ -76,11 +77,11 @@ def install_worker_metrics(
 
     async def add_prometheus_middleware(state: TaskiqState) -> None:
         _use_multiprocess_values(worker_metrics_dir())
-        from taskiq.middlewares.prometheus_middleware import PrometheusMiddleware
+        from .task_metrics import BufferedPrometheusMiddleware
 
         # Added before the broker starts its middlewares, so its startup() opens the port.
         broker.add_middlewares(
-            PrometheusMiddleware(
+            BufferedPrometheusMiddleware(
                 metrics_path=worker_metrics_dir(), server_port=port, server_addr=host
             )
         )
