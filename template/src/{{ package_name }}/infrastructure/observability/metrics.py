@@ -76,6 +76,10 @@ def install_worker_metrics(
         return
 
     async def add_prometheus_middleware(state: TaskiqState) -> None:
+        if not broker.is_worker_process:
+            # The in-memory broker (tests, TASKIQ_ENABLED=false) runs tasks inside the API
+            # process: no worker serves metrics there, so none are written to the shared files.
+            return
         _use_multiprocess_values(worker_metrics_dir())
         from .task_metrics import BufferedPrometheusMiddleware
 
