@@ -66,9 +66,9 @@ def install_worker_metrics(
 ) -> None:
     """Serve task metrics on `host:port` from worker processes; `port` 0 turns them off.
 
-    taskiq's PrometheusMiddleware (its buffered form, task_metrics.py) is added at worker
-    start-up, so the API process (which builds
-    the same broker to send tasks) neither creates the task metrics nor touches the directory.
+    taskiq's PrometheusMiddleware (in its buffered form, task_metrics.py) is added at worker
+    start-up, so the API process (which builds the same broker to send tasks) neither creates
+    the task metrics nor touches the directory.
     Every worker process records into the shared directory; the first one to bind the port
     serves the sum for all of them.
     """
