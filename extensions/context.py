@@ -109,12 +109,68 @@ _EMAIL_DEPENDENCIES = ["aiosmtplib>=3.0", "email-validator>=2.2", "jinja2>=3.1"]
 _SCHEDULER_DEPENDENCIES = ["anyio>=4.4", "tzdata>=2024.1"]
 _DEV_DEPENDENCIES = [
     "httpx>=0.28",
+    "import-linter>=2.1",  # the layers contract in pyproject.toml (lint-imports)
     "mypy>=1.13",
     "pytest>=8.3",
     "pytest-asyncio>=0.24",
     "ruff>=0.8",
 ]
 _EMAIL_DEV_DEPENDENCIES = ["aiosmtpd>=1.4"]
+
+
+def _architecture(answers: dict[str, Any], needs_redis: bool) -> dict[str, list[dict[str, str]]]:
+    """The processes and stores of a combination and who talks to whom (the README's diagram)."""
+    broker = answers.get("broker", "redis")
+    has_results = answers.get("result_backend", "redis") != "none"
+    include_scheduler = bool(answers.get("include_scheduler", True))
+    include_email = bool(answers.get("include_email", False))
+    # What each store holds here; one Redis server holds every Redis role.
+    redis_roles = (["task stream"] if broker == "redis" else []) + ["task states"]
+    if has_results:
+        redis_roles.append("results")
+    if include_scheduler:
+        redis_roles.append("schedules")
+    postgres_roles = ["rows"] + ([] if needs_redis else ["task states"])
+    if include_scheduler and not needs_redis:
+        postgres_roles.append("schedules")
+    broker_id = "redis" if broker == "redis" else "rabbitmq"
+    state_store = "redis" if needs_redis else "postgres"
+
+    nodes = [
+        {"id": "client", "label": "HTTP clients", "shape": "external"},
+        {"id": "api", "label": "API (FastAPI)", "shape": "process"},
+        {"id": "worker", "label": "Taskiq worker", "shape": "process"},
+    ]
+    if include_scheduler:
+        nodes.append({"id": "scheduler", "label": "Taskiq scheduler (one)", "shape": "process"})
+    if broker == "rabbitmq":
+        nodes.append({"id": "rabbitmq", "label": "RabbitMQ: task queue", "shape": "store"})
+    if needs_redis:
+        nodes.append({"id": "redis", "label": "Redis: " + ", ".join(redis_roles), "shape": "store"})
+    nodes.append(
+        {"id": "postgres", "label": "PostgreSQL: " + ", ".join(postgres_roles), "shape": "store"}
+    )
+    if include_email:
+        nodes.append({"id": "smtp", "label": "SMTP server", "shape": "external"})
+
+    edges = [
+        {"source": "client", "label": "HTTP", "target": "api"},
+        {"source": "api", "label": "sends tasks", "target": broker_id},
+        {"source": "worker", "label": "takes and acks tasks", "target": broker_id},
+        {"source": "api", "label": "reads, writes", "target": "postgres"},
+        {"source": "worker", "label": "reads, writes", "target": "postgres"},
+    ]
+    if needs_redis:  # otherwise the states are rows like the others
+        edges.append({"source": "api", "label": "task states, cancels", "target": state_store})
+        edges.append({"source": "worker", "label": "task states", "target": state_store})
+    if has_results:
+        edges.append({"source": "worker", "label": "results", "target": "redis"})
+    if include_scheduler:
+        edges.append({"source": "scheduler", "label": "sends due tasks", "target": broker_id})
+        edges.append({"source": "scheduler", "label": "reads schedules", "target": state_store})
+    if include_email:
+        edges.append({"source": "worker", "label": "sends email", "target": "smtp"})
+    return {"architecture_nodes": nodes, "architecture_edges": edges}
 
 
 def derive(answers: dict[str, Any]) -> dict[str, Any]:
@@ -160,6 +216,7 @@ def derive(answers: dict[str, Any]) -> dict[str, Any]:
         "services": services,
         "python_target": "py" + python_version.replace(".", ""),
         "redis_db_default": int(answers.get("redis_db", 3) or 0),
+        **_architecture(answers, needs_redis),
     }
 
 

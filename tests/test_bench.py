@@ -1,4 +1,4 @@
-"""The generated benchmark command (`python -m <pkg>.bench`, `make bench`).
+"""The generated benchmark command (`python -m bench`, `make bench`).
 
 Once per broker (with Redis, and RabbitMQ without any Redis), the command runs end to end on
 a few tasks against the real services, prints its lines and leaves nothing behind: no
@@ -23,14 +23,14 @@ from helpers import Combo
 pytestmark = pytest.mark.bench
 
 FILES = (
-    "src/{pkg}/bench/__init__.py",
-    "src/{pkg}/bench/__main__.py",
-    "src/{pkg}/bench/cleanup.py",
-    "src/{pkg}/bench/processes.py",
-    "src/{pkg}/bench/progress.py",
-    "src/{pkg}/bench/report.py",
-    "src/{pkg}/bench/samples.py",
-    "src/{pkg}/bench/tasks.py",
+    "bench/__init__.py",
+    "bench/__main__.py",
+    "bench/cleanup.py",
+    "bench/processes.py",
+    "bench/progress.py",
+    "bench/report.py",
+    "bench/samples.py",
+    "bench/tasks.py",
     "tests/unit/test_bench_report.py",
 )
 
@@ -79,12 +79,12 @@ def test_the_bench_command_is_generated(render_cache: RenderCache, combo: Combo)
     for relative in FILES:
         assert (rendered.path / relative.format(pkg=combo.package)).is_file(), relative
     makefile = (rendered.path / "Makefile").read_text()
-    assert "python -m $(PACKAGE).bench" in makefile
+    assert "python -m bench" in makefile
     assert " bench " in makefile.splitlines()[2]  # .PHONY
     readme = (rendered.path / "README.md").read_text()
-    assert f"python -m {combo.package}.bench" in readme
+    assert "python -m bench" in readme
     # The bench tasks never reach the production worker: no module of it imports them.
-    worker = (rendered.path / "src" / combo.package / "infrastructure/taskiq/worker.py").read_text()
+    worker = (rendered.path / "src" / combo.package / "worker.py").read_text()
     assert "bench" not in worker
 
 
@@ -123,7 +123,7 @@ def test_the_bench_command_runs_and_leaves_nothing_behind(
         migrated = helpers.run([python, "-m", "alembic", "upgrade", "heads"], rendered.path, env)
         assert migrated.returncode == 0, helpers.explain(migrated)
 
-        command = [python, "-m", f"{combo.package}.bench", "-n", "20", "--api-requests", "20"]
+        command = [python, "-m", "bench", "-n", "20", "--api-requests", "20"]
         command += ["--workers", "1", "--timeout", "120"]
         proc = helpers.run(command, rendered.path, env, timeout=400)
 

@@ -20,20 +20,20 @@ from helpers import Combo
 pytestmark = pytest.mark.cancel
 
 ALWAYS = (
-    "src/{pkg}/modules/task_status/router.py",
-    "src/{pkg}/modules/task_status/service.py",
-    "src/{pkg}/modules/task_status/middleware.py",
-    "src/{pkg}/modules/task_status/running.py",
-    "src/{pkg}/modules/task_status/memory_store.py",
+    "src/{pkg}/infrastructure/task_status/router.py",
+    "src/{pkg}/infrastructure/task_status/service.py",
+    "src/{pkg}/infrastructure/task_status/middleware.py",
+    "src/{pkg}/infrastructure/task_status/running.py",
+    "src/{pkg}/infrastructure/task_status/memory_store.py",
     "tests/integration/cancel_tasks.py",
     "tests/integration/test_cancel.py",
     "tests/unit/test_cancel.py",
     "tests/unit/test_tasks_api.py",
 )
-REDIS_ONLY = ("src/{pkg}/modules/task_status/redis_store.py",)
+REDIS_ONLY = ("src/{pkg}/infrastructure/task_status/redis_store.py",)
 DATABASE_ONLY = (
-    "src/{pkg}/modules/task_status/database_store.py",
-    "src/{pkg}/modules/task_status/models.py",
+    "src/{pkg}/infrastructure/task_status/database_store.py",
+    "src/{pkg}/infrastructure/task_status/models.py",
     "migrations/versions/0004_cancel.py",
     "tests/unit/test_database_task_states.py",
 )

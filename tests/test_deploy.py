@@ -564,12 +564,12 @@ def test_compose_commands_match_the_contract(rendered: Rendered) -> None:
     api = command_words(services["api"]["command"])
     assert f"{package}.main:app" in api and "uvicorn" in api
     worker = command_words(services["worker"]["command"])
-    assert f"{package}.infrastructure.taskiq.worker" in worker
+    assert f"{package}.worker" in worker
     # `heads`: the migrations may have several branches (`head` fails then).
     assert command_words(services["migrate"]["command"]) == ["alembic", "upgrade", "heads"]
     if "scheduler" in services:
         scheduler = command_words(services["scheduler"]["command"])
-        assert f"{package}.infrastructure.taskiq.scheduler:scheduler" in scheduler
+        assert f"{package}.scheduler:scheduler" in scheduler
     override = compose(rendered, "compose.override.yaml")["services"]
     assert "--reload" in command_words(override["api"]["command"])
     assert "watchfiles" in command_words(override["worker"]["command"])

@@ -25,10 +25,10 @@ RETRY_SETTINGS = (
 )
 RETRY_FILES = (
     "src/{pkg}/infrastructure/taskiq/retry.py",
-    "src/{pkg}/modules/dead_letters/models.py",
-    "src/{pkg}/modules/dead_letters/router.py",
-    "src/{pkg}/modules/dead_letters/service.py",
-    "src/{pkg}/modules/dead_letters/cli.py",
+    "src/{pkg}/infrastructure/dead_letters/models.py",
+    "src/{pkg}/infrastructure/dead_letters/router.py",
+    "src/{pkg}/infrastructure/dead_letters/service.py",
+    "src/{pkg}/infrastructure/dead_letters/cli.py",
     "migrations/versions/0003_retry.py",
     "tests/integration/retry_tasks.py",
     "tests/integration/test_retry.py",
@@ -82,7 +82,7 @@ def test_the_option_adds_the_middleware_dead_letters_settings_and_migration(
     assert '"retry: ' in rendered.read("pyproject.toml")
     readme = rendered.read("README.md")
     assert "retry_on_error=True" in readme
-    assert "modules.dead_letters.cli" in readme
+    assert "infrastructure.dead_letters.cli" in readme
 
 
 @pytest.mark.parametrize("combo", PLAIN_COMBOS, ids=str)

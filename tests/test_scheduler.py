@@ -18,18 +18,18 @@ from helpers import Combo
 pytestmark = pytest.mark.scheduler
 
 SCHEDULER_FILES = (
-    "src/{pkg}/infrastructure/taskiq/scheduler.py",
-    "src/{pkg}/modules/scheduling/cron.py",
-    "src/{pkg}/modules/scheduling/expressions.py",
-    "src/{pkg}/modules/scheduling/locks.py",
-    "src/{pkg}/modules/scheduling/models.py",
-    "src/{pkg}/modules/scheduling/router.py",
-    "src/{pkg}/modules/scheduling/runs.py",
-    "src/{pkg}/modules/scheduling/schemas.py",
-    "src/{pkg}/modules/scheduling/service.py",
-    "src/{pkg}/modules/scheduling/sources.py",
-    "src/{pkg}/modules/scheduling/ticks.py",
-    "src/{pkg}/modules/maintenance/tasks.py",
+    "src/{pkg}/scheduler.py",
+    "src/{pkg}/infrastructure/scheduling/cron.py",
+    "src/{pkg}/infrastructure/scheduling/expressions.py",
+    "src/{pkg}/infrastructure/scheduling/locks.py",
+    "src/{pkg}/infrastructure/scheduling/models.py",
+    "src/{pkg}/infrastructure/scheduling/router.py",
+    "src/{pkg}/infrastructure/scheduling/runs.py",
+    "src/{pkg}/infrastructure/scheduling/schemas.py",
+    "src/{pkg}/infrastructure/scheduling/service.py",
+    "src/{pkg}/infrastructure/scheduling/sources.py",
+    "src/{pkg}/infrastructure/scheduling/ticks.py",
+    "src/{pkg}/infrastructure/maintenance/tasks.py",
     "migrations/versions/0002_scheduler.py",
     "tests/integration/cron_tasks.py",
     "tests/integration/test_scheduler.py",
@@ -65,11 +65,11 @@ def test_the_option_adds_the_scheduler_its_api_and_its_migration(
 
     for relative in SCHEDULER_FILES:
         assert (rendered.path / relative.format(pkg=combo.package)).is_file(), relative
-    scheduler = rendered.read("src/{pkg}/infrastructure/taskiq/scheduler.py")
+    scheduler = rendered.read("src/{pkg}/scheduler.py")
     assert "scheduler = TickStampingScheduler(" in scheduler
     assert "LabelScheduleSource(broker)" in scheduler
-    sources = rendered.read("src/{pkg}/modules/scheduling/sources.py")
-    locks = rendered.read("src/{pkg}/modules/scheduling/locks.py")
+    sources = rendered.read("src/{pkg}/infrastructure/scheduling/sources.py")
+    locks = rendered.read("src/{pkg}/infrastructure/scheduling/locks.py")
     migration = rendered.read("migrations/versions/0002_scheduler.py")
     if combo.derived["needs_redis"]:
         assert "ListRedisScheduleSource(" in sources
@@ -92,7 +92,7 @@ def test_the_option_adds_the_scheduler_its_api_and_its_migration(
     assert '"scheduler: ' in rendered.read("pyproject.toml")
     readme = rendered.read("README.md")
     assert "Run exactly one scheduler" in readme
-    assert f"taskiq scheduler {combo.package}.infrastructure.taskiq.scheduler:scheduler" in readme
+    assert f"taskiq scheduler {combo.package}.scheduler:scheduler" in readme
 
 
 @pytest.mark.parametrize("combo", PLAIN_COMBOS, ids=str)

@@ -256,7 +256,7 @@ REPORTS_TEST = '''\
 from httpx import AsyncClient
 
 from {pkg}.infrastructure.taskiq.registry import task_registry
-from {pkg}.infrastructure.taskiq.worker import TASK_MODULES
+from {pkg}.worker import TASK_MODULES
 from {pkg}.modules.reports.tasks import count_words
 
 

@@ -330,7 +330,7 @@ def contenders(cfg: Config, broker: str, without: str = "") -> dict[str, Contend
     def generated_command(queue: str) -> tuple[list[str], dict[str, str], Path]:
         env = generated_env(cfg, broker, queue, BENCH_WITHOUT=without)
         return (
-            [py, "-m", f"{package}.infrastructure.taskiq.worker", "bench_generated"],
+            [py, "-m", f"{package}.worker", "bench_generated"],
             env,
             project,
         )

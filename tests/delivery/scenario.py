@@ -223,7 +223,7 @@ class Run:
     ) -> Proc:
         command = [
             sys.executable, "-m", "taskiq", "worker",
-            f"{self.package}.infrastructure.taskiq.worker:default_broker", "delivery_tasks",
+            f"{self.package}.worker:default_broker", "delivery_tasks",
             "--workers", str(workers), *extra,
         ]  # fmt: skip
         proc = self.start(name, command, env)
@@ -232,8 +232,8 @@ class Run:
         return proc
 
     async def start_entry_point_worker(self, name: str, env: dict[str, str], *argv: str) -> Proc:
-        """`python -m <pkg>.infrastructure.taskiq.worker` (its flags come from settings)."""
-        module = f"{self.package}.infrastructure.taskiq.worker"
+        """`python -m <pkg>.worker` (its flags come from settings)."""
+        module = f"{self.package}.worker"
         proc = self.start(name, [sys.executable, "-m", module, "delivery_tasks", *argv], env)
         await proc.wait_log("Listening started")
         self.note(f"{name} up")
