@@ -211,17 +211,22 @@ class BackgroundRuns:
         """The run for (test, combo); on the first call for `test`, start those of every
         selected combination. `prepare` runs in the main thread (rendering is not
         thread-safe) and may skip or fail; it is redone for the test that owns it."""
-        if test not in self._started:
-            self._started.add(test)
-            for other in self._config.stash.get(_SELECTED, {}).get(test, []):
-                try:
-                    prepared = prepare(other)
-                except (Exception, pytest.skip.Exception, pytest.fail.Exception):
-                    continue  # its own test calls prepare again and reports why
-                self._submit((test, other.id), prepared)
+        self.start(test, prepare)
         if (test, combo.id) not in self._futures:
             self._submit((test, combo.id), prepare(combo))
         return self._futures[(test, combo.id)].result()
+
+    def start(self, test: str, prepare: Callable[[Combo], Prepared]) -> None:
+        """Start the runs of `test` for every selected combination, once per session."""
+        if test in self._started:
+            return
+        self._started.add(test)
+        for other in self._config.stash.get(_SELECTED, {}).get(test, []):
+            try:
+                prepared = prepare(other)
+            except (Exception, pytest.skip.Exception, pytest.fail.Exception):
+                continue  # its own test calls prepare again and reports why
+            self._submit((test, other.id), prepared)
 
     def selected(self, test: str, combo: Combo) -> bool:
         """Whether `test` runs for `combo` in this session."""
@@ -263,6 +268,19 @@ def generated_suite(
         )
 
     return prepare
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _generated_suites_start_first(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The generated suites are the session's longest waits (workers, brokers, schedulers): start
+    them when the session starts, so that they overlap the serial checks (lint, mypy, deploy)
+    instead of following them. Nothing starts where no generated suite is selected."""
+    if not request.config.stash.get(_SELECTED, {}).get("test_generated_tests"):
+        return
+    runs: BackgroundRuns = request.getfixturevalue("background_runs")
+    runs.start("test_generated_tests", request.getfixturevalue("generated_suite"))
 
 
 RunFeatureTests = Callable[[Combo, str], helpers.Completed]
