@@ -12,11 +12,17 @@ from pathlib import Path
 import helpers
 import pytest
 from helpers import IN_CI, Combo
+from pytest_copie.plugin import Copie
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Background runs (generated test suites) die with the session, also on -x or Ctrl-C.
     config.add_cleanup(helpers.kill_active_runs)
+    # pytest-copie's --template (addopts: `--template=.`) is read relative to the working
+    # directory at each render; pin it to the repository so a chdir or another cwd can't move it.
+    template = Path(config.option.template)
+    if not template.is_absolute():
+        config.option.template = str((config.rootpath / template).resolve())
     # A user's own copier settings (defaults:, trust) must not leak into the renders.
     # An empty YAML mapping: copier refuses a file that parses to None.
     fd, path = tempfile.mkstemp(prefix="copier-settings-", suffix=".yml")
@@ -57,18 +63,22 @@ class Rendered:
 
 
 class RenderCache:
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    """One pytest-copie render per combination per session, kept under the combination's id."""
+
+    def __init__(self, copie: Copie) -> None:
+        self.copie = copie
         self._done: dict[str, Rendered | BaseException] = {}
 
     def __call__(self, combo: Combo) -> Rendered:
         if combo.id not in self._done:
-            dst = self.root / combo.id
-            try:
-                helpers.render(dst, combo.answers)
+            result = self.copie.copy(extra_answers=dict(combo.answers))
+            if result.exception is not None or result.project_dir is None:
+                self._done[combo.id] = result.exception or RuntimeError("no project rendered")
+            else:
+                # copie names its renders copie000, copie001...: a readable name instead, so
+                # that failures and kept projects (--keep-copied-projects) say which combination.
+                dst = result.project_dir.rename(result.project_dir.with_name(combo.id))
                 self._done[combo.id] = Rendered(combo, dst, tuple(helpers.rendered_files(dst)))
-            except Exception as exc:
-                self._done[combo.id] = exc
         outcome = self._done[combo.id]
         if isinstance(outcome, BaseException):
             pytest.fail(f"rendering {combo.id} failed: {outcome!r}", pytrace=False)
@@ -76,8 +86,8 @@ class RenderCache:
 
 
 @pytest.fixture(scope="session")
-def render_cache(tmp_path_factory: pytest.TempPathFactory) -> RenderCache:
-    return RenderCache(tmp_path_factory.mktemp("rendered"))
+def render_cache(copie_session: Copie) -> RenderCache:
+    return RenderCache(copie_session)
 
 
 @pytest.fixture
@@ -201,17 +211,22 @@ class BackgroundRuns:
         """The run for (test, combo); on the first call for `test`, start those of every
         selected combination. `prepare` runs in the main thread (rendering is not
         thread-safe) and may skip or fail; it is redone for the test that owns it."""
-        if test not in self._started:
-            self._started.add(test)
-            for other in self._config.stash.get(_SELECTED, {}).get(test, []):
-                try:
-                    prepared = prepare(other)
-                except (Exception, pytest.skip.Exception, pytest.fail.Exception):
-                    continue  # its own test calls prepare again and reports why
-                self._submit((test, other.id), prepared)
+        self.start(test, prepare)
         if (test, combo.id) not in self._futures:
             self._submit((test, combo.id), prepare(combo))
         return self._futures[(test, combo.id)].result()
+
+    def start(self, test: str, prepare: Callable[[Combo], Prepared]) -> None:
+        """Start the runs of `test` for every selected combination, once per session."""
+        if test in self._started:
+            return
+        self._started.add(test)
+        for other in self._config.stash.get(_SELECTED, {}).get(test, []):
+            try:
+                prepared = prepare(other)
+            except (Exception, pytest.skip.Exception, pytest.fail.Exception):
+                continue  # its own test calls prepare again and reports why
+            self._submit((test, other.id), prepared)
 
     def selected(self, test: str, combo: Combo) -> bool:
         """Whether `test` runs for `combo` in this session."""
@@ -253,6 +268,19 @@ def generated_suite(
         )
 
     return prepare
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _generated_suites_start_first(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The generated suites are the session's longest waits (workers, brokers, schedulers): start
+    them when the session starts, so that they overlap the serial checks (lint, mypy, deploy)
+    instead of following them. Nothing starts where no generated suite is selected."""
+    if not request.config.stash.get(_SELECTED, {}).get("test_generated_tests"):
+        return
+    runs: BackgroundRuns = request.getfixturevalue("background_runs")
+    runs.start("test_generated_tests", request.getfixturevalue("generated_suite"))
 
 
 RunFeatureTests = Callable[[Combo, str], helpers.Completed]

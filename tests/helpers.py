@@ -263,7 +263,11 @@ def pick_combo(required: Mapping[str, Any], preferred: Mapping[str, Any] | None 
 
 
 def render(dst: Path, answers: Mapping[str, Any], **kwargs: Any) -> Path:
-    """Render the working tree of the template (vcs_ref HEAD includes uncommitted changes)."""
+    """Render the working tree of the template (vcs_ref HEAD includes uncommitted changes).
+
+    Tests render through pytest-copie's `copie` / `copie_session` fixtures; this stays for code
+    outside a pytest session (tests/bench/run.py, ad-hoc renders), where no fixture exists.
+    """
     options: dict[str, Any] = {
         "data": dict(answers),
         "defaults": True,

@@ -17,6 +17,7 @@ from pathlib import Path
 import helpers
 import pytest
 from conftest import Rendered
+from pytest_copie.plugin import Copie
 
 pytestmark = pytest.mark.matrix
 
@@ -58,11 +59,13 @@ def test_modules_hold_features_only(rendered: Rendered) -> None:
 
 
 def test_the_contract_catches_an_import_back(
-    tmp_path: Path, shared_python: Callable[[str], Path]
+    copie: Copie, shared_python: Callable[[str], Path]
 ) -> None:
     """The contract really bites: infrastructure importing a feature fails lint-imports."""
     combo = COMBOS[0]
-    project = helpers.render(tmp_path / "project", combo.answers)
+    result = copie.copy(extra_answers=dict(combo.answers))
+    assert result.project_dir is not None, repr(result.exception)
+    project = result.project_dir
     deps = project / "src" / combo.package / "infrastructure" / "taskiq" / "deps.py"
     deps.write_text(
         deps.read_text(encoding="utf-8")

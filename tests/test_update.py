@@ -110,6 +110,9 @@ def snapshot_working_tree(dst: Path) -> None:
         shutil.copy2(src, target, follow_symlinks=False)
 
 
+# Plain copier here, not pytest-copie: these render from a snapshot repository at chosen
+# refs, and `copie.update()` takes no `conflict="inline"` and passes answers as defaults, which
+# never override the recorded answers that an update test changes with `data`.
 def copy(template: Path, dst: Path, vcs_ref: str, answers: dict[str, Any]) -> Path:
     copier.run_copy(
         str(template),

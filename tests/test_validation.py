@@ -10,6 +10,7 @@ import helpers
 import pytest
 import yaml
 from conftest import Rendered
+from pytest_copie.plugin import Copie
 
 pytestmark = pytest.mark.matrix
 
@@ -63,16 +64,19 @@ def _files_under(path: Path) -> list[Path]:
     ("answers", "message"),
     [pytest.param(answers, message, id=case) for case, answers, message in BAD_ANSWERS],
 )
-def test_bad_answer_is_refused(tmp_path: Path, answers: dict[str, Any], message: str) -> None:
-    dst = tmp_path / "project"
-    with pytest.raises(Exception) as excinfo:  # copier raises ValueError today
-        helpers.render(dst, answers)
-    assert message in str(excinfo.value), f"unexpected error: {excinfo.value!r}"
+def test_bad_answer_is_refused(copie: Copie, answers: dict[str, Any], message: str) -> None:
+    result = copie.copy(extra_answers=answers)
+    assert result.exit_code != 0 and result.exception is not None, "the bad answer was accepted"
+    assert message in str(result.exception), f"unexpected error: {result.exception!r}"
+    # copie renders into <test_dir>/copieNNN: nothing may be left there
+    dst = copie.test_dir
     assert not _files_under(dst), f"files left behind: {_files_under(dst)}"
 
 
-def test_default_answers_render(tmp_path: Path) -> None:
-    dst = helpers.render(tmp_path / "project", {})
+def test_default_answers_render(copie: Copie) -> None:
+    result = copie.copy()
+    assert result.exception is None and result.project_dir is not None, repr(result.exception)
+    dst = result.project_dir
     recorded = yaml.safe_load((dst / helpers.answers_file_name()).read_text(encoding="utf-8"))
     for name, spec in helpers.questions().items():
         if "default" in spec and not str(spec["default"]).startswith("{{") and name in recorded:
@@ -106,9 +110,11 @@ def test_redis_db_recorded_only_with_redis(rendered: Rendered) -> None:
         )
 
 
-def test_redis_db_absent_without_redis(tmp_path: Path) -> None:
+def test_redis_db_absent_without_redis(copie: Copie) -> None:
     """Explicitly: broker=rabbitmq with no result backend asks no Redis question."""
-    dst = helpers.render(tmp_path / "project", {"broker": "rabbitmq", "result_backend": "none"})
+    result = copie.copy(extra_answers={"broker": "rabbitmq", "result_backend": "none"})
+    assert result.project_dir is not None, repr(result.exception)
+    dst = result.project_dir
     recorded = yaml.safe_load((dst / helpers.answers_file_name()).read_text(encoding="utf-8"))
     assert "redis_db" not in recorded
 
