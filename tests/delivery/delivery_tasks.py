@@ -40,3 +40,8 @@ async def sleep_then_write(
 
 
 sleep_task = _registry.register_task("delivery:sleep")(sleep_then_write)
+
+if os.environ.get("DELIVERY_KILL_AT"):
+    import crash_hooks
+
+    crash_hooks.install(_PACKAGE, os.environ["DELIVERY_KILL_AT"])
