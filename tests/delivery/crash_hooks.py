@@ -1,7 +1,7 @@
 """Test-only crash points, installed in a worker by delivery_tasks when DELIVERY_KILL_AT is set.
 
-DELIVERY_KILL_AT=ack   the process dies right after a message's ack returned: had the ack not
-                       waited for the state write, the task's final state would never be stored.
+DELIVERY_KILL_AT=ack   the process dies right after the broker acked a message (the template's
+                       AckGate acks once the final state is stored): the state must be final.
 DELIVERY_KILL_AT=write the process dies right after the final state's write was issued, before
                        the batch holding it is stored: the message must not have been acked.
 
@@ -17,8 +17,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from taskiq.acks import AckController
-
 KILLED_EXIT_CODE = 137
 
 
@@ -33,14 +31,20 @@ def _kill_once(point: str) -> bool:
 
 def install(package: str, point: str) -> None:
     if point == "ack":
-        acknowledge = AckController.ack
+        # Around the broker's own ack, which the template's AckGate calls once the state is
+        # stored (taskiq's AckController.ack returns before that).
+        acks = importlib.import_module(f"{package}.infrastructure.taskiq.acks")
+        wrap = acks.AckGate.wrap
 
-        async def ack_then_die(self: AckController) -> None:
-            await acknowledge(self)
-            if _kill_once("ack"):
-                os._exit(KILLED_EXIT_CODE)
+        def wrap_then_die(self: Any, ack: Any, reject: Any = None) -> Any:
+            async def ack_then_die() -> None:
+                await ack()
+                if _kill_once("ack"):
+                    os._exit(KILLED_EXIT_CODE)
 
-        AckController.ack = ack_then_die  # type: ignore[method-assign]
+            return wrap(self, ack_then_die, reject)
+
+        acks.AckGate.wrap = wrap_then_die
     elif point == "write":
         writer = importlib.import_module(f"{package}.infrastructure.task_status.writer")
         write = writer.StateWriter.write
