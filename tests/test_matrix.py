@@ -117,6 +117,8 @@ def _is_not(name: str, value: Any) -> Callable[[dict[str, Any]], bool]:
 # xfails as PENDING, so a rename shows up instead of passing silently).
 CONDITIONAL_PATHS: list[Expect] = [
     Expect("broker", _is("broker", "redis"), "src/{pkg}/infrastructure/taskiq/redis_stream.py"),
+    Expect("broker", _is("broker", "redis"), "src/{pkg}/infrastructure/taskiq/leases.py"),
+    Expect("broker", _is("broker", "redis"), "tests/integration/test_leases.py"),
     Expect("broker", _is("broker", "rabbitmq"), "src/{pkg}/infrastructure/taskiq/rabbitmq.py"),
     Expect(
         "result_backend",

@@ -44,6 +44,7 @@ pytestmark = pytest.mark.update
 
 V0, V1, V2 = "999.0.0", "999.1.0", "999.2.0"
 MIGRATION_SCRIPT = "extensions/migrations/rename_env_vars.py"
+DEFAULTS_MIGRATION_SCRIPT = "extensions/migrations/replace_old_defaults.py"
 SYNC_ENV_SCRIPT = "extensions/tasks/sync_env.py"
 MIGRATION_VERSION = V1
 
@@ -306,22 +307,22 @@ def _append(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def pin_migration_version(copier_yml: Path, version: str) -> None:
-    """Give the shipped migration entry (the one running MIGRATION_SCRIPT) a test version."""
+def pin_migration_version(copier_yml: Path, version: str, script: str = MIGRATION_SCRIPT) -> None:
+    """Give the shipped migration entry running `script` a test version (its own `version:`
+    line: several entries may share a release's version)."""
     config = yaml.safe_load(copier_yml.read_text(encoding="utf-8"))
     shipped = [
         entry["version"]
         for entry in config.get("_migrations", [])
-        if isinstance(entry, dict) and MIGRATION_SCRIPT in " ".join(map(str, entry["command"]))
+        if isinstance(entry, dict) and script in " ".join(map(str, entry["command"]))
     ]
-    assert len(shipped) == 1, f"expected one _migrations entry running {MIGRATION_SCRIPT}"
-    text = copier_yml.read_text(encoding="utf-8")
-    pattern = re.compile(
-        rf"""^(\s*-?\s*version:\s*)["']?{re.escape(str(shipped[0]))}["']?\s*$""", re.M
-    )
-    text, count = pattern.subn(rf'\g<1>"{version}"', text)
-    assert count == 1, f"version {shipped[0]} of the migration is not on a line of its own"
-    copier_yml.write_text(text, encoding="utf-8")
+    assert len(shipped) == 1, f"expected one _migrations entry running {script}"
+    lines = copier_yml.read_text(encoding="utf-8").splitlines(keepends=True)
+    command_line = next(i for i, line in enumerate(lines) if script in line)
+    pattern = re.compile(rf"""^(\s*-?\s*version:\s*)["']?{re.escape(str(shipped[0]))}["']?\s*$""")
+    version_line = next(i for i in range(command_line, -1, -1) if pattern.match(lines[i]))
+    lines[version_line] = pattern.sub(rf'\g<1>"{version}"', lines[version_line]) + "\n"
+    copier_yml.write_text("".join(lines), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -329,6 +330,7 @@ def template_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("template") / "taskiq-template"
     snapshot_working_tree(repo)
     pin_migration_version(repo / "copier.yml", MIGRATION_VERSION)
+    pin_migration_version(repo / "copier.yml", MIGRATION_VERSION, DEFAULTS_MIGRATION_SCRIPT)
     git_init(repo, "snapshot of the working tree")
     git(repo, "tag", V0)
 
@@ -601,6 +603,19 @@ def _use_legacy_name(env_file: Path, value: int) -> None:
     env_file.write_text(text, encoding="utf-8")
 
 
+OLD_IDLE = "TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=600"
+NEW_IDLE = "TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=15"
+
+
+def _use_old_idle_default(env_file: Path) -> None:
+    """A .env copied from an older .env.example: the Redis idle timeout's old default, 600."""
+    text = env_file.read_text(encoding="utf-8")
+    text, count = re.subn(r"(?m)^TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=.*$", OLD_IDLE, text)
+    if count == 0:  # a RabbitMQ project has none; the script doesn't care
+        text += f"{OLD_IDLE}\n"
+    env_file.write_text(text, encoding="utf-8")
+
+
 def _migration_runs(output: str) -> int:
     return sum(
         line.startswith(f"taskiq-template migration {MIGRATION_VERSION}:")
@@ -628,6 +643,7 @@ def test_migration_runs_once_on_the_update_that_crosses_its_version(
     env_file = project / ".env"
     for target, crosses in steps:
         _use_legacy_name(env_file, 5)
+        _use_old_idle_default(env_file)
         before = env_file.read_text(encoding="utf-8")
         capfd.readouterr()
         update(project, target)
@@ -639,6 +655,9 @@ def test_migration_runs_once_on_the_update_that_crosses_its_version(
             assert runs == 1, f"{start} -> {target}: ran {runs} times\n{out}\n{err}"
             assert re.search(rf"(?m)^{LEGACY[1]}=5$", after), after
             assert not re.search(rf"(?m)^{LEGACY[0]}=", after), after
+            # The old default moved to the new one (a value of the user's would have stayed).
+            assert re.search(rf"(?m)^{NEW_IDLE}$", after), after
+            assert not re.search(rf"(?m)^{OLD_IDLE}$", after), after
         else:
             assert runs == 0, f"{start} -> {target}: ran {runs} times\n{out}\n{err}"
             assert after == before
@@ -691,6 +710,39 @@ def test_rename_env_vars_is_idempotent_and_keeps_the_rest(
         "OTHER=1"
     )
     assert env.stat().st_mode & 0o777 == 0o600
+
+
+def test_replace_old_defaults_changes_only_the_old_default_and_is_idempotent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replace = _load(DEFAULTS_MIGRATION_SCRIPT)
+    env = tmp_path / ".env"
+    original = (
+        "# TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=600 in a comment stays\r\n"
+        "export TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS = '600.0'\r\n"
+        "OTHER=600"
+    )
+    env.write_text(original, encoding="utf-8")
+    env.chmod(0o600)
+    change = ["TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=600=15"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VERSION_CURRENT", "0.2.0")
+    assert replace.main(change) == 0
+    once = env.read_bytes().decode()
+    assert replace.main(change) == 0
+    assert env.read_bytes().decode() == once
+    assert once == (
+        "# TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=600 in a comment stays\r\n"
+        "# taskiq-template migration 0.2.0: TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS was 600, "
+        "the old default; the new default is 15.\r\n"
+        "export TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS = 15\r\n"
+        "OTHER=600"
+    )
+    assert env.stat().st_mode & 0o777 == 0o600
+    # A value the user chose is theirs.
+    env.write_text("TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=900\n", encoding="utf-8")
+    assert replace.main(change) == 0
+    assert env.read_text(encoding="utf-8") == "TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=900\n"
 
 
 @pytest.mark.parametrize(

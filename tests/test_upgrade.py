@@ -137,6 +137,16 @@ def test_upgrade_leaves_no_conflicts(upgraded: Path) -> None:
     assert leftovers(upgraded) == []
 
 
+def test_upgrade_moves_the_old_idle_timeout_default_in_env_to_the_new_one(
+    upgraded: Path,
+) -> None:
+    """0.1.0's .env held the Redis idle timeout's old default (600); leases made 15 safe."""
+    env = (upgraded / ".env").read_text(encoding="utf-8").splitlines()
+    assert "TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=600" not in env
+    assert "TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=15" in env
+    assert any(line.startswith("# taskiq-template migration 0.2.0: ") for line in env)
+
+
 def test_upgrade_moves_the_platform_out_of_modules(upgraded: Path) -> None:
     package = upgraded / "src" / PKG
     for name in MOVED:

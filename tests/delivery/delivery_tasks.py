@@ -8,6 +8,7 @@ DELIVERY_MARKERS a directory where tasks leave `started-<id>-<pid>` / `finished-
 import asyncio
 import importlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,28 @@ async def sleep_then_write(
 
 
 sleep_task = _registry.register_task("delivery:sleep")(sleep_then_write)
+
+
+async def block_then_write(
+    seconds: float,
+    title: str,
+    session: DBSession = INJECTED,
+    context: Context = INJECTED,
+) -> int:
+    """Block the worker's event loop for `seconds` in slices (as CPU-bound or blocking code
+    does), then write the note: nothing else in this worker process runs meanwhile."""
+    task_id = context.message.task_id
+    (_MARKERS / f"started-{task_id}-{os.getpid()}").touch()
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        time.sleep(0.2)
+    note_id: int = await _notes.create_note_once(session, task_id=task_id, title=title, body="")
+    (_MARKERS / f"finished-{task_id}-{os.getpid()}").touch()
+    return note_id
+
+
+block_task = _registry.register_task("delivery:block")(block_then_write)
+
 
 if os.environ.get("DELIVERY_KILL_AT"):
     import crash_hooks
