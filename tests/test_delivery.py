@@ -10,7 +10,9 @@ own (never the machine's shared services), killing and restarting them:
 (d) tasks sent with delays;
 (e) SIGTERM during a running task;
 (f) poison messages on the queue;
-(g) a task that blocks its event loop for 10 idle timeouts, with a second worker polling.
+(g) a task that blocks its event loop for 10 idle timeouts, with a second worker polling;
+(h) per broker and state store: 400 notes, the worker SIGKILLed mid-batch: every state final;
+(i) per broker and state store: a worker killed right after an ack / a final state's write.
 
 "Exactly once" of effects is at-least-once delivery plus the note's unique task id. The
 scenario runs once per broker (module fixture); each test asserts on one case's figures.
@@ -49,22 +51,31 @@ DELAY_EARLY_SECONDS = 0.05
 # With the shipped defaults a SIGKILLed worker's tasks are finished by another worker within
 # this (the issue's bound; Redis: idle timeout 15 s + one reclaim interval of at most 5 s).
 RECOVERY_SECONDS = 30.0
+# The crash-states case (scenario.case_crash_states): tasks sent, and the bound on final states.
+STATES_BATCH = 400
+STATES_FINAL_WITHIN = 30.0
 
 
-def delivery_combo(broker: str) -> Combo:
-    """The rendered combination closest to copier.yml's defaults that uses `broker`."""
+def delivery_combo(broker: str, **fixed: Any) -> Combo:
+    """The rendered combination closest to copier.yml's defaults that uses `broker` (and the
+    `fixed` answers)."""
     questions = helpers.questions()
     axes = helpers.multiplying_questions()
+    wanted = {"broker": broker, **fixed}
 
     def distance(combo: Combo) -> int:
         return sum(
             combo.answers.get(name) != questions[name].get("default")
             for name in axes
-            if name != "broker"
+            if name not in wanted
         )
 
-    candidates = [combo for combo in helpers.combos() if combo.answers.get("broker") == broker]
-    assert candidates, f"no combination renders broker={broker}"
+    candidates = [
+        combo
+        for combo in helpers.combos()
+        if all(combo.answers.get(name) == value for name, value in wanted.items())
+    ]
+    assert candidates, f"no combination renders {wanted}"
     return min(candidates, key=distance)
 
 
@@ -88,7 +99,7 @@ class DeliveryRun:
 
     def logs(self, name: str) -> str:
         """The tails of the case's process logs (files are named after the case's letter)."""
-        letter = "abcdefg"[list(CASE_NAMES).index(name)]
+        letter = "abcdefghi"[list(CASE_NAMES + CRASH_STATE_CASES).index(name)]
         tails = []
         for log in sorted(self.workdir.glob(f"{letter}-*.log")):
             text = log.read_text(errors="replace")
@@ -105,6 +116,8 @@ CASE_NAMES = (
     "poison",
     "blocking_task",
 )
+# Run per broker and per task-state store (the Redis one, or PostgreSQL's task_states table).
+CRASH_STATE_CASES = ("crash_states", "crash_window")
 
 
 @pytest.fixture(scope="module", params=["redis", "rabbitmq"])
@@ -116,12 +129,48 @@ def delivery(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> DeliveryRun:
     broker: str = request.param
+    return run_scenario(
+        delivery_combo(broker), CASE_NAMES, render_cache, shared_python, require_services,
+        tmp_path_factory,
+    )  # fmt: skip
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param((broker, backend), id=f"{broker}-{backend}")
+        for broker in ("redis", "rabbitmq")
+        for backend in ("redis", "none")
+    ],
+)
+def crash_states(
+    request: pytest.FixtureRequest,
+    render_cache: RenderCache,
+    shared_python: Callable[[str], Path],
+    require_services: Callable[[list[str]], None],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> DeliveryRun:
+    broker, backend = request.param
+    return run_scenario(
+        delivery_combo(broker, result_backend=backend), CRASH_STATE_CASES, render_cache,
+        shared_python, require_services, tmp_path_factory,
+    )  # fmt: skip
+
+
+def run_scenario(
+    combo: Combo,
+    cases: tuple[str, ...],
+    render_cache: RenderCache,
+    shared_python: Callable[[str], Path],
+    require_services: Callable[[list[str]], None],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> DeliveryRun:
+    broker = str(combo.answers["broker"])
     require_services(["postgres"])
     if services.redis_server_binary() is None:
         unavailable("redis-server is not installed: the delivery tests start their own Redis")
     if broker == "rabbitmq" and services.rabbitmq_binaries() is None:
         unavailable("rabbitmq-server is not installed: the delivery tests start their own node")
-    combo = delivery_combo(broker)
     rendered = render_cache(combo)
     python = shared_python(str(combo.answers["python_version"]))
     workdir = tmp_path_factory.mktemp(f"delivery-{broker}")
@@ -130,6 +179,7 @@ def delivery(
         "--package", combo.package,
         "--broker", broker,
         "--workdir", str(workdir),
+        "--cases", ",".join(cases),
     ]  # fmt: skip
     try:
         proc = helpers.run(
@@ -260,3 +310,35 @@ def test_g_a_task_blocking_its_event_loop_keeps_its_lease_and_runs_once(
     assert result["duplicates_suppressed"] == 0
     assert result["reclaim_logs"] == 0, "a worker reclaimed the blocking task"
     assert result["worker_child_restarts"] == 0
+
+
+def test_h_crash_states_every_task_ends_success_within_30_s_of_the_new_worker(
+    crash_states: DeliveryRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL of the worker's process group mid-batch, shipped settings: no state is left
+    running or pending, and no note is lost or written twice."""
+    result = crash_states.case("crash_states")
+    show(capsys, crash_states, "(h) task states after a worker SIGKILLed mid-batch", result)
+    assert result["sent"] == STATES_BATCH
+    assert result["completed_at_kill"] < STATES_BATCH, "the worker was killed after the batch"
+    exactly_once(result)
+    assert result["not_final"] == 0, (
+        f"{result['not_final']} task(s) not final {STATES_FINAL_WITHIN} s after the new worker"
+        f" started: {result['states']}, e.g. {result['not_final_sample']}"
+    )
+    assert result["states"] == {"success": STATES_BATCH}
+
+
+def test_h_crash_states_kill_at_the_ack_or_the_state_write_leaves_the_state_final(
+    crash_states: DeliveryRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The window itself: a worker killed right after a message's ack (had the ack come before
+    the state write, the state would stay `running`) or right after the final state's write
+    was issued (the message must then not be acked: it runs again)."""
+    result = crash_states.case("crash_window")
+    show(capsys, crash_states, "(i) killed at the ack / at the state write", result)
+    for point in ("ack", "write"):
+        outcome = result[point]
+        assert outcome["state"] == "success", f"killed at the {point}: {outcome}"
+        assert outcome["completed"] == 1, f"killed at the {point}: the note is missing"
+        assert outcome["rows_over_one"] == 0

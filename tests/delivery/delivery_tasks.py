@@ -62,3 +62,9 @@ async def block_then_write(
 
 
 block_task = _registry.register_task("delivery:block")(block_then_write)
+
+
+if os.environ.get("DELIVERY_KILL_AT"):
+    import crash_hooks
+
+    crash_hooks.install(_PACKAGE, os.environ["DELIVERY_KILL_AT"])

@@ -811,6 +811,117 @@ async def read_parked(run: Run, env: dict[str, str], queue: str) -> list[str]:
     return reasons
 
 
+FINAL_STATES = frozenset({"success", "failure", "cancelled"})
+STATES_BATCH = 400
+# The issue's bound: every task's state is final this long after the new worker started.
+STATES_FINAL_WITHIN = 30.0
+
+
+def shipped_env(run: Run, queue: str, **overrides: str) -> dict[str, str]:
+    """A case's environment with the settings a new project has (run.env shortens some)."""
+    env = run.env(queue)
+    for name in ("TASKIQ_TASK_TIMEOUT_SECONDS", "TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS"):
+        env.pop(name, None)
+    env.update(overrides)
+    return env
+
+
+async def task_states(url: str, task_ids: list[str]) -> dict[str, str]:
+    """GET /tasks/{id} for each id: its status, or the HTTP status code when not 200."""
+    states: dict[str, str] = {}
+    limit = asyncio.Semaphore(16)
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+
+        async def one(task_id: str) -> None:
+            async with limit:
+                response = await client.get(f"/tasks/{task_id}")
+            ok = response.status_code == 200
+            states[task_id] = response.json()["status"] if ok else str(response.status_code)
+
+        await asyncio.gather(*(one(task_id) for task_id in task_ids))
+    return states
+
+
+async def wait_all_final(url: str, task_ids: list[str], until: float) -> dict[str, str]:
+    """Poll the API until every task is final, or `until` (monotonic) passed; last states."""
+    while True:
+        states = await task_states(url, task_ids)
+        if all(state in FINAL_STATES for state in states.values()) or time.monotonic() > until:
+            return states
+        await asyncio.sleep(0.5)
+
+
+def state_figures(states: dict[str, str]) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    not_final = sorted(task_id for task_id, state in states.items() if state not in FINAL_STATES)
+    return {"states": counts, "not_final": len(not_final), "not_final_sample": not_final[:10]}
+
+
+async def case_crash_states(run: Run) -> dict[str, Any]:
+    """(h) 400 notes through the API with shipped settings; the worker's process group is
+    SIGKILLed mid-batch and a new worker started: every task's state ends final and true."""
+    env = shipped_env(run, queue_name("h"))
+    _, url = await run.start_api("h-api", env)
+    first = await run.start_entry_point_worker("h-worker-1", env)
+    sender = Sender(url, STATES_BATCH, "h-")
+    sending = asyncio.create_task(sender.run())
+    done_at_kill = await when_progress(run, "h-", STATES_BATCH // 4)
+    first.kill_group(signal.SIGKILL)
+    run.note(f"h-worker-1 killed ({done_at_kill} done)")
+    await first.wait_exit(10)
+    second = await run.start_entry_point_worker("h-worker-2", env)
+    started = time.monotonic()
+    await sending
+    run.note("all sent")
+    states = await wait_all_final(url, sender.accepted, started + STATES_FINAL_WITHIN)
+    final_after = round(time.monotonic() - started, 1)
+    run.note(f"states checked {final_after} s after h-worker-2 started")
+    return await figures(
+        run,
+        sender.accepted,
+        [first, second],
+        0,  # every state is success only once its note exists: no extra wait
+        completed_at_kill=done_at_kill,
+        final_seconds_after_start=final_after,
+        **state_figures(states),
+    )
+
+
+async def case_crash_window(run: Run) -> dict[str, Any]:
+    """(i) A worker dies right after a message's ack, and (separately) right after the final
+    state's write was issued: each task still ends `success`, with its note written once."""
+    result: dict[str, Any] = {}
+    procs: list[Proc] = []
+    for point in ("ack", "write"):
+        marks = markers(run, f"i-{point}")
+        env = shipped_env(run, queue_name(f"i-{point}"), DELIVERY_MARKERS=str(marks))
+        _, url = await run.start_api(f"i-{point}-api", env)
+        doomed = await run.start_entry_point_worker(
+            f"i-{point}-worker-1", {**env, "DELIVERY_KILL_AT": point}
+        )
+        procs.append(doomed)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            response = await client.post("/notes", json={"title": f"i-{point}", "body": ""})
+            response.raise_for_status()
+        task_id: str = response.json()["task_id"]
+        await wait_marker(marks, "killed", point, within=60)
+        doomed.kill_group(signal.SIGKILL)  # its parent would restart the child: all of it goes
+        await doomed.wait_exit(10)
+        killed = time.monotonic()
+        procs.append(await run.start_entry_point_worker(f"i-{point}-worker-2", env))
+        states = await wait_all_final(url, [task_id], killed + STATES_FINAL_WITHIN)
+        done = await figures(run, [task_id], procs, 10)
+        result[point] = {
+            "state": states[task_id],
+            "final_seconds_after_kill": round(time.monotonic() - killed, 1),
+            "completed": done["completed"],
+            "rows_over_one": done["rows_over_one"],
+        }
+    return result
+
+
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
@@ -823,6 +934,8 @@ CASES: dict[str, Callable[[Run], Awaitable[dict[str, Any]]]] = {
     "sigterm": case_sigterm,
     "poison": case_poison,
     "blocking_task": case_blocking_task,
+    "crash_states": case_crash_states,
+    "crash_window": case_crash_window,
 }
 
 
@@ -830,6 +943,8 @@ CASE_GROUPS = [
     ["idle_queue_crash", "delays", "sigterm", "poison", "blocking_task"],
     ["worker_crash"],
     ["broker_restart"],
+    ["crash_window"],
+    ["crash_states"],
 ]
 
 
