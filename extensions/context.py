@@ -191,7 +191,7 @@ def _kubernetes(answers: dict[str, Any], needs_redis: bool) -> dict[str, Any]:
     keda_secret_keys = ["KEDA_RABBITMQ_URL"] if broker == "rabbitmq" else []
     # The stream, its consumer group and the queue are all TASKIQ_QUEUE_NAME (the slug by
     # default); the Redis stream broker names its consumer group after the queue.
-    queue = str(answers.get("project_slug", "my-service"))
+    queue = str(answers.get("project_slug") or slugify(str(answers.get("project_name", ""))))
     if broker == "redis":
         trigger = {
             "type": "redis-streams",
