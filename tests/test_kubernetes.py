@@ -10,6 +10,7 @@ names the KEDA trigger shares with the generated code, and that every setting is
 from __future__ import annotations
 
 import ast
+import json
 import functools
 import re
 import shutil
@@ -401,3 +402,71 @@ def test_images_come_from_the_overlay(manifests: Manifests) -> None:
     }
     assert images == {f"registry.example.com/{manifests.slug}:0.1.0"}
     assert all(re.fullmatch(r"[a-z0-9-]+", doc["metadata"].get("namespace", "")) for doc in manifests.docs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the real broker: the number the trigger reads is the generated code's backlog
+# ---------------------------------------------------------------------------------------------
+
+METRIC_SCRIPT = Path(__file__).resolve().parent / "kubernetes" / "keda_metric.py"
+METRIC_TASKS = 25
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_the_trigger_metric_counts_the_tasks_sent_and_drains_with_a_worker(
+    broker: str,
+    render_cache: Any,
+    shared_python: Any,
+    require_services: Any,
+    tmp_path: Path,
+) -> None:
+    sys_path_delivery = str(Path(__file__).resolve().parent / "delivery")
+    import sys
+
+    if sys_path_delivery not in sys.path:
+        sys.path.insert(0, sys_path_delivery)
+    import services
+
+    combo = helpers.pick_combo({"broker": broker, "result_backend": "redis"})
+    rendered = render_cache(combo)
+    manifests = Manifests(rendered)
+    (scaled,) = manifests.of_kind("ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    metadata = trigger["metadata"]
+    env = helpers.generated_test_env(combo)
+    env.pop("TASKIQ_QUEUE_NAME", None)  # the code's own default: the name under test
+    if broker == "rabbitmq":
+        require_services(["rabbitmq"])
+        names = ["--queue", metadata["queueName"]]
+    else:
+        names = [
+            "--stream", metadata["stream"],
+            "--group", metadata["consumerGroup"],
+            "--db", metadata["databaseIndex"],
+        ]  # fmt: skip
+        env["TASKIQ_REDIS_DB"] = metadata["databaseIndex"]
+    if services.redis_server_binary() is None:
+        pytest.skip("redis-server is not installed: this test starts its own Redis")
+    redis = services.PrivateRedis(tmp_path)
+    redis.start()
+    try:
+        env["TASKIQ_REDIS_HOST"], env["TASKIQ_REDIS_PORT"] = "127.0.0.1", str(redis.port)
+        python = shared_python(str(combo.answers["python_version"]))
+        proc = helpers.run(
+            [
+                str(python), str(METRIC_SCRIPT), "--package", combo.package,
+                "--count", str(METRIC_TASKS), "--workdir", str(tmp_path), *names,
+            ],  # fmt: skip
+            cwd=rendered.path,
+            env=env,
+            timeout=400,
+        )
+    finally:
+        redis.stop()
+    assert proc.returncode == 0, helpers.explain(proc)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    figures = {k: v for k, v in result.items() if k not in {"worker_log", "liveness_output"}}
+    print(f"[{broker}] {trigger['type']} {names}: {figures}")
+    assert result["before"] == METRIC_TASKS, result
+    assert result["after"] == 0, result["worker_log"]
+    assert result["liveness"] == 0, result["liveness_output"]
