@@ -10,11 +10,12 @@ names the KEDA trigger shares with the generated code, and that every setting is
 from __future__ import annotations
 
 import ast
-import json
 import functools
+import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ import pytest
 import yaml
 from cloudcoil.models.keda import v1alpha1 as keda
 from conftest import Rendered
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "delivery"))
+
+import services
 
 pytestmark = pytest.mark.kubernetes
 
@@ -35,7 +40,10 @@ KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 KUBERNETES_VERSION = "1.32.0"
 KUSTOMIZE_DIR = Path("deploy/kubernetes")
 OVERLAY = KUSTOMIZE_DIR / "overlays" / "production"
-KEDA_MODELS = {"ScaledObject": keda.ScaledObject, "TriggerAuthentication": keda.TriggerAuthentication}
+KEDA_MODELS = {
+    "ScaledObject": keda.ScaledObject,
+    "TriggerAuthentication": keda.TriggerAuthentication,
+}
 POD_KINDS = {"Deployment", "Job"}
 # Set on a container, not through the ConfigMap: only that process reads it.
 CONTAINER_ENV = {"PROMETHEUS_MULTIPROC_DIR"}
@@ -147,7 +155,13 @@ def test_overlay_builds_and_core_objects_match_the_kubernetes_schema(
     manifests: Manifests,
 ) -> None:
     kinds = {doc["kind"] for doc in manifests.docs}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Job",
+    } <= kinds
     assert {"ConfigMap", "Secret", "ScaledObject", "TriggerAuthentication"} <= kinds
     for doc in manifests.docs:
         if doc["kind"] in KEDA_MODELS:
@@ -204,12 +218,16 @@ def test_selectors_services_autoscalers_and_budgets_find_their_pods(manifests: M
         assert _matches(selector, doc["spec"]["template"]["metadata"]["labels"])
         others = [d for d in deployments if d is not doc]
         # No Deployment's selector takes another one's pods.
-        assert not any(_matches(selector, o["spec"]["template"]["metadata"]["labels"]) for o in others)
+        assert not any(
+            _matches(selector, o["spec"]["template"]["metadata"]["labels"]) for o in others
+        )
 
     api = manifests.deployment("api")
     (service,) = manifests.of_kind("Service")
     assert service["spec"]["selector"] == api["spec"]["selector"]["matchLabels"]
-    port_names = {p["name"] for c in api["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+    port_names = {
+        p["name"] for c in api["spec"]["template"]["spec"]["containers"] for p in c["ports"]
+    }
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
 
     (hpa,) = manifests.of_kind("HorizontalPodAutoscaler")
@@ -236,7 +254,10 @@ def test_scaled_object_scales_the_worker_on_the_queue_the_code_uses(
     (scaled,) = manifests.of_kind("ScaledObject")
     worker = manifests.deployment("worker")
     target = scaled["spec"]["scaleTargetRef"]
-    assert (target.get("kind", "Deployment"), target["name"]) == ("Deployment", worker["metadata"]["name"])
+    assert (target.get("kind", "Deployment"), target["name"]) == (
+        "Deployment",
+        worker["metadata"]["name"],
+    )
     assert 1 <= scaled["spec"]["minReplicaCount"] < scaled["spec"]["maxReplicaCount"]
     assert scaled["spec"]["cooldownPeriod"] > 0
 
@@ -280,18 +301,23 @@ def test_every_setting_is_provided_and_every_key_is_a_setting(
     config = set(manifests.config_map["data"])
     secret = set(manifests.secret["data"])
     derived = manifests.derived
-    assert secret == set(derived["kubernetes_secret_keys"]) | set(derived["kubernetes_keda_secret_keys"])
+    assert secret == set(derived["kubernetes_secret_keys"]) | set(
+        derived["kubernetes_keda_secret_keys"]
+    )
     assert set(manifests.secrets_example) == secret
     assert set(manifests.settings_example) == config
     assert not config & secret, "a key in both the ConfigMap and the Secret"
-    assert settings <= config | secret, f"settings no manifest provides: {settings - config - secret}"
+    assert settings <= config | secret, (
+        f"settings no manifest provides: {settings - config - secret}"
+    )
     unread = (config | secret) - settings - set(derived["kubernetes_keda_secret_keys"])
     assert not unread, f"keys nothing reads: {unread}"
     # Every pod gets both, and names only keys that exist.
     for where, spec in manifests.pod_specs():
         for container in spec.get("initContainers", []) + spec["containers"]:
             refs = {
-                next(iter(ref)): ref[next(iter(ref))]["name"] for ref in container.get("envFrom", [])
+                next(iter(ref)): ref[next(iter(ref))]["name"]
+                for ref in container.get("envFrom", [])
             }
             assert refs == {
                 "configMapRef": manifests.config_map["metadata"]["name"],
@@ -379,7 +405,11 @@ def test_probes_commands_and_rollout_rules(manifests: Manifests, rendered: Rende
     )
 
     (job,) = manifests.of_kind("Job")
-    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["alembic", "upgrade", "heads"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "alembic",
+        "upgrade",
+        "heads",
+    ]
 
     schedulers = [
         d for d in manifests.of_kind("Deployment") if d["metadata"]["name"].endswith("-scheduler")
@@ -401,7 +431,9 @@ def test_images_come_from_the_overlay(manifests: Manifests) -> None:
         for container in spec.get("initContainers", []) + spec["containers"]
     }
     assert images == {f"registry.example.com/{manifests.slug}:0.1.0"}
-    assert all(re.fullmatch(r"[a-z0-9-]+", doc["metadata"].get("namespace", "")) for doc in manifests.docs)
+    assert all(
+        re.fullmatch(r"[a-z0-9-]+", doc["metadata"].get("namespace", "")) for doc in manifests.docs
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,13 +452,6 @@ def test_the_trigger_metric_counts_the_tasks_sent_and_drains_with_a_worker(
     require_services: Any,
     tmp_path: Path,
 ) -> None:
-    sys_path_delivery = str(Path(__file__).resolve().parent / "delivery")
-    import sys
-
-    if sys_path_delivery not in sys.path:
-        sys.path.insert(0, sys_path_delivery)
-    import services
-
     combo = helpers.pick_combo({"broker": broker, "result_backend": "redis"})
     rendered = render_cache(combo)
     manifests = Manifests(rendered)
@@ -452,11 +477,12 @@ def test_the_trigger_metric_counts_the_tasks_sent_and_drains_with_a_worker(
     try:
         env["TASKIQ_REDIS_HOST"], env["TASKIQ_REDIS_PORT"] = "127.0.0.1", str(redis.port)
         python = shared_python(str(combo.answers["python_version"]))
+        command = [
+            str(python), str(METRIC_SCRIPT), "--package", combo.package,
+            "--count", str(METRIC_TASKS), "--workdir", str(tmp_path), *names,
+        ]  # fmt: skip
         proc = helpers.run(
-            [
-                str(python), str(METRIC_SCRIPT), "--package", combo.package,
-                "--count", str(METRIC_TASKS), "--workdir", str(tmp_path), *names,
-            ],  # fmt: skip
+            command,
             cwd=rendered.path,
             env=env,
             timeout=400,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import os
 
-broker = importlib.import_module(f"{os.environ['KEDA_CHECK_PACKAGE']}.infrastructure.taskiq.app").broker
+broker = importlib.import_module(
+    f"{os.environ['KEDA_CHECK_PACKAGE']}.infrastructure.taskiq.app"
+).broker
 
 
 @broker.task(task_name="keda_check:noop")
