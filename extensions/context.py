@@ -173,6 +173,41 @@ def _architecture(answers: dict[str, Any], needs_redis: bool) -> dict[str, list[
     return {"architecture_nodes": nodes, "architecture_edges": edges}
 
 
+# Settings that are secrets: in deploy/kubernetes's Secret, never its ConfigMap.
+_SECRET_SETTINGS = ["DATABASE_URL"]
+
+
+def _kubernetes(answers: dict[str, Any], needs_redis: bool) -> dict[str, Any]:
+    """Names the Kubernetes manifests share with the generated code (deploy/kubernetes/)."""
+    broker = answers.get("broker", "redis")
+    secret_keys = list(_SECRET_SETTINGS)
+    if needs_redis:
+        secret_keys.append("TASKIQ_REDIS_PASSWORD")
+    if broker == "rabbitmq":
+        secret_keys += ["TASKIQ_RABBITMQ_USER", "TASKIQ_RABBITMQ_PASSWORD"]
+    if answers.get("include_email", False):
+        secret_keys.append("SMTP_PASSWORD")
+    # Read by KEDA only (TriggerAuthentication), not by the code: the scaler takes one URL.
+    keda_secret_keys = ["KEDA_RABBITMQ_URL"] if broker == "rabbitmq" else []
+    # The stream, its consumer group and the queue are all TASKIQ_QUEUE_NAME (the slug by
+    # default); the Redis stream broker names its consumer group after the queue.
+    queue = str(answers.get("project_slug") or slugify(str(answers.get("project_name", ""))))
+    if broker == "redis":
+        trigger = {
+            "type": "redis-streams",
+            "stream": queue,
+            "consumer_group": queue,
+            "database_index": int(answers.get("redis_db", 3) or 0),
+        }
+    else:
+        trigger = {"type": "rabbitmq", "queue": queue}
+    return {
+        "kubernetes_secret_keys": secret_keys,
+        "kubernetes_keda_secret_keys": keda_secret_keys,
+        "keda_trigger": trigger,
+    }
+
+
 def derive(answers: dict[str, Any]) -> dict[str, Any]:
     """Compute every value derived from the answers (pure; used by the hook and by tests)."""
     broker = answers.get("broker", "redis")
@@ -217,6 +252,7 @@ def derive(answers: dict[str, Any]) -> dict[str, Any]:
         "python_target": "py" + python_version.replace(".", ""),
         "redis_db_default": int(answers.get("redis_db", 3) or 0),
         **_architecture(answers, needs_redis),
+        **_kubernetes(answers, needs_redis),
     }
 
 
