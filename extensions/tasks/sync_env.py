@@ -85,7 +85,10 @@ def ensure_token(text: str) -> tuple[str, bool]:
             continue
         if _unquote(match["value"]):
             return text, False
-        lines[index] = f"{match['lead']}{match['name']}{match['eq']}{token}{match['ending'] or ''}"
+        # `eq` swallows the line ending when the value is empty: take the ending from the line.
+        eq = match["eq"].rstrip("\r\n")
+        ending = line[len(line.rstrip("\r\n")) :]
+        lines[index] = f"{match['lead']}{match['name']}{eq}{token}{ending}"
         return "".join(lines), True
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += newline
