@@ -24,8 +24,8 @@ import difflib
 import importlib.util
 import os
 import re
-import stat
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
