@@ -16,6 +16,7 @@ def _error(description: str) -> dict[str, Any]:
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: _error("Missing or wrong operator token (Authorization: Bearer <token>)")
 }
+BAD_BODY: dict[int | str, dict[str, Any]] = {400: _error("The body is not valid JSON")}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("No such resource")}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: _error("Conflicts with the current state")}
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
