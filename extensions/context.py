@@ -114,6 +114,8 @@ _DEV_DEPENDENCIES = [
     "pytest>=8.3",
     "pytest-asyncio>=0.24",
     "ruff>=0.8",
+    # tests/unit/test_api_schema.py: every route keeps its OpenAPI contract.
+    "schemathesis>=4.2,<5",
 ]
 _EMAIL_DEV_DEPENDENCIES = ["aiosmtpd>=1.4"]
 

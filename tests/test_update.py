@@ -25,6 +25,7 @@ import importlib.util
 import os
 import re
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -461,6 +462,28 @@ def test_update_equals_a_fresh_copy_plus_the_users_edits(
 ) -> None:
     problems = tree_differences(tree(updated.path), tree(fresh_v1_with_edits))
     assert not problems, "\n".join(problems)
+
+
+def test_update_keeps_the_operator_token(updated: Updated) -> None:
+    before = re.search(r"(?m)^OPERATOR_TOKEN=(.+)$", updated.env_before)
+    assert before, "a copy writes a token into .env"
+    assert f"OPERATOR_TOKEN={before[1]}" in (updated.path / ".env").read_text(encoding="utf-8")
+
+
+def test_update_adds_a_token_to_an_env_without_one(project_v0: Path, tmp_path: Path) -> None:
+    """A project made before the token existed: its .env has none, the update writes one."""
+    project = clone_project(project_v0, tmp_path / "project")
+    env = project / ".env"
+    without = re.sub(r"(?m)^OPERATOR_TOKEN=.*\n", "", env.read_text(encoding="utf-8"))
+    env.write_text(without, encoding="utf-8")
+
+    update(project, V1)
+
+    after = env.read_text(encoding="utf-8")
+    [token] = re.findall(r"(?m)^OPERATOR_TOKEN=(.+)$", after)
+    assert len(token) >= 40
+    assert after.startswith(without), "the rest of .env is kept as it was"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
 
 
 def test_updated_project_passes_its_tests(

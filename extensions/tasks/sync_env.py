@@ -10,13 +10,19 @@ which the regenerated settings refuse, so the API, the worker and the tests woul
 start. This sets that one variable to the answered broker (a deliberate `memory` is kept) and
 only names, without writing them, the variables of `.env.example` that `.env` does not set.
 
+It also gives the project its own OPERATOR_TOKEN: on copy (`.env` renders it empty) and on the
+update of a project made before the token existed. A token already set is never touched; the
+value is never printed, and `.env` is made readable by its owner only.
+
 Silent when there is nothing to do, idempotent, standard library only.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import secrets
 import sys
 from pathlib import Path
 
@@ -65,6 +71,32 @@ def sync_broker(text: str, broker: str) -> tuple[str, list[str]]:
     return "".join(lines), done
 
 
+TOKEN_VARIABLE = "OPERATOR_TOKEN"
+
+
+def ensure_token(text: str) -> tuple[str, bool]:
+    """Give an empty or missing OPERATOR_TOKEN a fresh random value."""
+    lines = text.splitlines(keepends=True)
+    newline = "\r\n" if "\r\n" in text else "\n"
+    token = secrets.token_urlsafe(32)
+    for index, line in enumerate(lines):
+        match = _ASSIGNMENT.match(line)
+        if match is None or match["name"].upper() != TOKEN_VARIABLE:
+            continue
+        if _unquote(match["value"]):
+            return text, False
+        # `eq` swallows the line ending when the value is empty: take the ending from the line.
+        eq = match["eq"].rstrip("\r\n")
+        ending = line[len(line.rstrip("\r\n")) :]
+        lines[index] = f"{match['lead']}{match['name']}{eq}{token}{ending}"
+        return "".join(lines), True
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += newline
+    lines.append(f"# Bearer token of the operator routes (see .env.example).{newline}")
+    lines.append(f"{TOKEN_VARIABLE}={token}{newline}")
+    return "".join(lines), True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--broker", required=True)
@@ -76,9 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     text = read_keeping_endings(env_path)
     new_text, done = sync_broker(text, args.broker.lower())
-    if done:
+    new_text, token_written = ensure_token(new_text)
+    if done or token_written:
         write_keeping_mode(env_path, new_text)
+    if done:
         print(f"{env_path}: {'; '.join(done)} (the broker answer changed)")
+    if token_written:
+        os.chmod(env_path, 0o600)  # it now holds a secret
+        print(f"{env_path}: wrote a new random {TOKEN_VARIABLE} (operator routes)")
     if example_path.is_file():
         example = read_keeping_endings(example_path)
         missing = sorted(assigned_names(example) - assigned_names(new_text))

@@ -166,10 +166,9 @@ async def metrics() -> Response:
 
 
 def install_api_metrics(app: FastAPI) -> None:
-    """Add GET /metrics (Prometheus text format) and request metrics to the app.
+    """Add request metrics to the app; main.py includes `metrics_router` (GET /metrics).
 
     The request metrics are created at the first request, so building the app (which a worker
     process does too) does not import prometheus_client.
     """
     app.add_middleware(HttpMetricsMiddleware)
-    app.include_router(metrics_router)

@@ -39,7 +39,7 @@ class PasswordResetEmail(_Strict):
     to: EmailStr
     name: Name
     reset_url: HttpUrl
-    expires_in_minutes: int = Field(default=60, ge=1)
+    expires_in_minutes: int = Field(default=60, ge=1, le=30 * 24 * 60)
 
 
 class VerificationEmail(_Strict):

@@ -1,0 +1,1 @@
+"""What every HTTP route shares: the operator credential, bounded parameters, error bodies."""
