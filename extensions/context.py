@@ -176,7 +176,8 @@ def _architecture(answers: dict[str, Any], needs_redis: bool) -> dict[str, list[
 
 
 # Settings that are secrets: in deploy/kubernetes's Secret, never its ConfigMap.
-_SECRET_SETTINGS = ["DATABASE_URL"]
+# OPERATOR_TOKEN: the bearer credential of the operator routes (and of /metrics).
+_SECRET_SETTINGS = ["DATABASE_URL", "OPERATOR_TOKEN"]
 
 
 def _kubernetes(answers: dict[str, Any], needs_redis: bool) -> dict[str, Any]:
