@@ -10,7 +10,8 @@ own (never the machine's shared services), killing and restarting them:
 (d) tasks sent with delays;
 (e) SIGTERM during a running task;
 (f) poison messages on the queue;
-(g) a task that blocks its event loop for 10 idle timeouts, with a second worker polling.
+(g) a task that blocks its event loop for 10 idle timeouts, with a second worker polling;
+(i) PostgreSQL (a private cluster) restarted mid-batch of row-writing tasks.
 
 "Exactly once" of effects is at-least-once delivery plus the note's unique task id. The
 scenario runs once per broker (module fixture); each test asserts on one case's figures.
@@ -88,7 +89,7 @@ class DeliveryRun:
 
     def logs(self, name: str) -> str:
         """The tails of the case's process logs (files are named after the case's letter)."""
-        letter = "abcdefg"[list(CASE_NAMES).index(name)]
+        letter = CASE_NAMES[name]
         tails = []
         for log in sorted(self.workdir.glob(f"{letter}-*.log")):
             text = log.read_text(errors="replace")
@@ -96,15 +97,17 @@ class DeliveryRun:
         return "\n".join(tails)
 
 
-CASE_NAMES = (
-    "worker_crash",
-    "broker_restart",
-    "idle_queue_crash",
-    "delays",
-    "sigterm",
-    "poison",
-    "blocking_task",
-)
+# Each case's name in scenario.py, and the letter its process logs are named after.
+CASE_NAMES = {
+    "worker_crash": "a",
+    "broker_restart": "b",
+    "idle_queue_crash": "c",
+    "delays": "d",
+    "sigterm": "e",
+    "poison": "f",
+    "blocking_task": "g",
+    "postgres_restart": "i",
+}
 
 
 @pytest.fixture(scope="module", params=["redis", "rabbitmq"])
@@ -260,3 +263,17 @@ def test_g_a_task_blocking_its_event_loop_keeps_its_lease_and_runs_once(
     assert result["duplicates_suppressed"] == 0
     assert result["reclaim_logs"] == 0, "a worker reclaimed the blocking task"
     assert result["worker_child_restarts"] == 0
+
+
+def test_i_postgres_restart_mid_batch_writes_every_row_once_and_no_stale_connection_fails(
+    delivery: DeliveryRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = delivery.case("postgres_restart")
+    show(capsys, delivery, "(i) PostgreSQL restarted mid-batch", result)
+    assert result["sent"] == BATCH
+    assert result["completed_at_restart"] < BATCH, "PostgreSQL restarted after the batch was done"
+    assert result["worker_alive"] and result["worker_child_restarts"] == 0
+    # Tasks that met the outage were retried; once the server was back, the pooled
+    # connections it broke were replaced before use, so no task failed on one.
+    assert result["failures_after_restart"] == 0, result["errors_after_restart"]
+    exactly_once(result)

@@ -27,3 +27,20 @@ if _without:
 @register_task("bench:noop")
 async def noop(sent_at: float) -> None:
     probe.hit(sent_at)
+
+
+if os.environ.get("BENCH_DB_TASK"):
+    _deps: Any = importlib.import_module(f"{_package}.infrastructure.taskiq.deps")
+    from taskiq import Context, TaskiqDepends
+
+    DBSession: Any = _deps.DBSession
+    _INJECTED: Any = TaskiqDepends()
+
+    @register_task("bench:write")
+    async def write(sent_at: float, session: DBSession = _INJECTED, context: Context = _INJECTED) -> None:
+        """The `db` section's task: one row keyed by the task id, as notes:create writes it."""
+        from bench_rows import NOTE_INSERT
+
+        await session.execute(NOTE_INSERT, {"task_id": context.message.task_id, "title": "bench"})
+        await session.commit()
+        probe.hit(sent_at)
