@@ -69,15 +69,17 @@ async def write_note_retrying(
     session: DBSession = INJECTED,
     context: Context = INJECTED,
 ) -> int:
-    """Write the note for this task id; a failure leaves `failed-<id>-<pid>-<unix time>` (with
-    the error) and is retried, so a database outage only delays the note."""
+    """Write the note for this task id; a failure leaves `failed-<id>-<pid>-<unix time>` (when
+    the attempt started; with the error) and is retried, so a database outage only delays
+    the note."""
     task_id = context.message.task_id
+    started = time.time()
     try:
         note_id: int = await _notes.create_note_once(
             session, task_id=task_id, title=title, body=""
         )
     except Exception as exc:
-        (_MARKERS / f"failed-{task_id}-{os.getpid()}-{time.time():.3f}").write_text(repr(exc))
+        (_MARKERS / f"failed-{task_id}-{os.getpid()}-{started:.3f}").write_text(repr(exc))
         raise
     return note_id
 

@@ -564,7 +564,9 @@ async def case_postgres_restart(run: Run) -> dict[str, Any]:
     failures = sorted(
         (float(path.name.rsplit("-", 1)[1]), path.read_text()) for path in marks.glob("failed-*")
     )
-    # Failures after the restart finished: pooled connections the restart broke, reused.
+    # Attempts that started once the server accepted connections again and failed: on a
+    # pooled connection that the restart broke (an attempt started during the outage may
+    # fail a little after it, under load, with the outage's errors).
     after = [error for at, error in failures if at > back_at]
     result.update(
         failures_during_outage=len(failures) - len(after),
