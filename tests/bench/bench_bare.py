@@ -120,11 +120,11 @@ if os.environ.get("BENCH_DB_POOLED_URL"):
     async def close_pool(state: TaskiqState) -> None:
         await state.engine.dispose()
 
+    _INJECTED = TaskiqDepends()
+
     @broker.task(task_name="bench:write")
     async def write(
-        sent_at: float,
-        context: Context = TaskiqDepends(),
-        state: TaskiqState = TaskiqDepends(),
+        sent_at: float, context: Context = _INJECTED, state: TaskiqState = _INJECTED
     ) -> None:
         from bench_rows import NOTE_INSERT
 

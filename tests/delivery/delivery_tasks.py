@@ -75,15 +75,13 @@ async def write_note_retrying(
     task_id = context.message.task_id
     started = time.time()
     try:
-        note_id: int = await _notes.create_note_once(
-            session, task_id=task_id, title=title, body=""
-        )
+        note_id: int = await _notes.create_note_once(session, task_id=task_id, title=title, body="")
     except Exception as exc:
         (_MARKERS / f"failed-{task_id}-{os.getpid()}-{started:.3f}").write_text(repr(exc))
         raise
     return note_id
 
 
-write_task = _registry.register_task(
-    "delivery:write", retry_on_error=True, retry_on=(Exception,)
-)(write_note_retrying)
+write_task = _registry.register_task("delivery:write", retry_on_error=True, retry_on=(Exception,))(
+    write_note_retrying
+)

@@ -896,9 +896,7 @@ CASE_GROUPS = [
 
 async def run_case(base: Run, broker: str, name: str) -> dict[str, Any]:
     """One case, with processes and a timeline of its own; its errors are its result."""
-    run = replace(
-        base, processes=[], extra_services=[], events=[], case_started=time.monotonic()
-    )
+    run = replace(base, processes=[], extra_services=[], events=[], case_started=time.monotonic())
     print(f"[delivery {broker}] {name} ...", flush=True)
     try:
         result = await CASES[name](run)
