@@ -277,3 +277,7 @@ def test_i_postgres_restart_mid_batch_writes_every_row_once_and_no_stale_connect
     # connections it broke were replaced before use, so no task failed on one.
     assert result["failures_after_restart"] == 0, result["errors_after_restart"]
     exactly_once(result)
+    # Restarted again under idle workers whose pools it emptied of live connections: the
+    # next tasks get checked, fresh ones.
+    assert result["idle_restart_lost"] == 0
+    assert result["idle_restart_failures"] == 0, result["idle_restart_errors"]

@@ -105,7 +105,8 @@ if os.environ.get("BENCH_DATABASE_URL"):
 
 if os.environ.get("BENCH_DB_POOLED_URL"):
     # "taskiq-pooled" (the `db` section): bare taskiq with what its users write for a task that
-    # writes rows, an async engine with SQLAlchemy's default pool, and a session per task.
+    # writes rows: an async engine made at start-up (the generated worker's pool settings,
+    # pre-ping included) and a session per task.
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
     from taskiq import Context, TaskiqDepends, TaskiqEvents, TaskiqState
 

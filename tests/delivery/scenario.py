@@ -573,6 +573,25 @@ async def case_postgres_restart(run: Run) -> dict[str, Any]:
         failures_after_restart=len(after),
         errors_after_restart=sorted(set(after))[:5],
     )
+    # Then a restart while the workers are idle, their pools full of connections that it
+    # breaks (the mid-batch outage above already makes SQLAlchemy drop a whole pool: only
+    # here would a pooled connection reach a task unchecked), and more tasks.
+    run.note("restarting PostgreSQL under idle workers")
+    await asyncio.to_thread(postgres.restart)
+    async with run.client_broker(env) as broker:
+        write = kicker(
+            broker, "delivery:write", env, retry_on_error=True, retry_on="builtins.Exception"
+        )
+        idle_sent = [(await write.kiq(f"i-idle-{number}")).task_id for number in range(200)]
+    idle = await figures(run, idle_sent, [worker], 120)
+    idle_failed = [path.read_text() for path in marks.glob("failed-*") if any(
+        path.name.startswith(f"failed-{task_id}-") for task_id in idle_sent)]  # fmt: skip
+    result.update(
+        idle_restart_sent=idle["sent"],
+        idle_restart_lost=idle["lost"],
+        idle_restart_failures=len(idle_failed),
+        idle_restart_errors=sorted(set(idle_failed))[:5],
+    )
     return result
 
 
