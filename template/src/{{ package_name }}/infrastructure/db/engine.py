@@ -82,7 +82,11 @@ def _cancel_interrupted_statement(engine: AsyncEngine) -> Callable[..., None]:
         # Not after a disconnect: a restarted server may have given that pid to someone else.
         if get_pid is None or not _interrupted(exception):
             return
-        task = asyncio.get_running_loop().create_task(_cancel_backend(engine, get_pid()))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # invalidated outside an event loop: nothing runs there
+            return
+        task = loop.create_task(_cancel_backend(engine, get_pid()))
         _cancels.add(task)
         task.add_done_callback(_cancels.discard)
 
