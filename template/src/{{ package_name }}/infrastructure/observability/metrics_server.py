@@ -27,7 +27,7 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 class _SilentHandler(WSGIRequestHandler):
     """No access log on stderr (the worker's logs are JSON)."""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
