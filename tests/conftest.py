@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -198,12 +199,16 @@ class BackgroundRuns:
     def __init__(self, config: pytest.Config, jobs: int) -> None:
         self._config = config
         self._executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="matrix")
+        # Tests named here run one at a time on a lane of their own: mypy computes rather than
+        # waits, and its runs share one cache directory.
+        self._lanes = {MYPY: ThreadPoolExecutor(max_workers=1, thread_name_prefix="mypy")}
         self._futures: dict[tuple[str, str], Future[helpers.Completed]] = {}
         self._started: set[str] = set()
 
     def _submit(self, key: tuple[str, str], prepared: Prepared) -> None:
         cmd, cwd, env, timeout = prepared
-        self._futures[key] = self._executor.submit(helpers.run, cmd, cwd, env, timeout)
+        executor = self._lanes.get(key[0], self._executor)
+        self._futures[key] = executor.submit(helpers.run, cmd, cwd, env, timeout)
 
     def result(
         self, test: str, combo: Combo, prepare: Callable[[Combo], Prepared]
@@ -235,7 +240,8 @@ class BackgroundRuns:
 
     def close(self) -> None:
         helpers.kill_active_runs()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for executor in [self._executor, *self._lanes.values()]:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture(scope="session")
@@ -270,19 +276,45 @@ def generated_suite(
     return prepare
 
 
+@pytest.fixture(scope="session")
+def mypy_run(
+    render_cache: RenderCache, shared_python: Callable[[str], Path]
+) -> Callable[[Combo], Prepared]:
+    """How to type-check a combination with its own configuration (test_mypy)."""
+
+    def prepare(combo: Combo) -> Prepared:
+        project = render_cache(combo)
+        pyproject = tomllib.loads((project.path / "pyproject.toml").read_text(encoding="utf-8"))
+        if "mypy" not in pyproject.get("tool", {}):
+            pytest.skip("the generated pyproject.toml does not configure mypy")
+        python = shared_python(str(combo.answers["python_version"]))
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        # Third-party modules are cached across combinations; the project's own are rechecked.
+        cache_dir = helpers.CACHE_DIR / "mypy" / f"{python.parent.parent.name}-{worker}"
+        env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "MYPYPATH"}}
+        # No paths: the project's own configuration names what to check (the package, bench/).
+        return [str(python), "-m", "mypy", "--cache-dir", str(cache_dir)], project.path, env, 600
+
+    return prepare
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _generated_suites_start_first(
     request: pytest.FixtureRequest,
 ) -> None:
-    """The generated suites are the session's longest waits (workers, brokers, schedulers): start
-    them when the session starts, so that they overlap the serial checks (lint, mypy, deploy)
-    instead of following them. Nothing starts where no generated suite is selected."""
-    if not request.config.stash.get(_SELECTED, {}).get("test_generated_tests"):
-        return
-    runs: BackgroundRuns = request.getfixturevalue("background_runs")
-    runs.start("test_generated_tests", request.getfixturevalue("generated_suite"))
+    """The generated suites are the session's longest waits (workers, brokers, schedulers), and
+    mypy the longest serial check: both start when the session starts (mypy on a lane of its
+    own, one run at a time), so that they overlap the serial checks (lint, deploy, update)
+    instead of following them. Nothing starts where no such test is selected."""
+    selected = request.config.stash.get(_SELECTED, {})
+    for test, prepare in [(GENERATED_SUITES, "generated_suite"), (MYPY, "mypy_run")]:
+        if selected.get(test):
+            runs: BackgroundRuns = request.getfixturevalue("background_runs")
+            runs.start(test, request.getfixturevalue(prepare))
 
 
+GENERATED_SUITES = "test_generated_tests"
+MYPY = "test_mypy"
 RunFeatureTests = Callable[[Combo, str], helpers.Completed]
 
 

@@ -13,6 +13,7 @@ own (never the machine's shared services), killing and restarting them:
 (g) a task that blocks its event loop for 10 idle timeouts, with a second worker polling;
 (h) per broker and state store: 400 notes, the worker SIGKILLed mid-batch: every state final;
 (i) per broker and state store: a worker killed right after an ack / a final state's write.
+(j) PostgreSQL (a private cluster) restarted mid-batch of row-writing tasks.
 
 "Exactly once" of effects is at-least-once delivery plus the note's unique task id. The
 scenario runs once per broker (module fixture); each test asserts on one case's figures.
@@ -99,7 +100,7 @@ class DeliveryRun:
 
     def logs(self, name: str) -> str:
         """The tails of the case's process logs (files are named after the case's letter)."""
-        letter = "abcdefghi"[list(CASE_NAMES + CRASH_STATE_CASES).index(name)]
+        letter = CASE_NAMES[name]
         tails = []
         for log in sorted(self.workdir.glob(f"{letter}-*.log")):
             text = log.read_text(errors="replace")
@@ -107,17 +108,23 @@ class DeliveryRun:
         return "\n".join(tails)
 
 
-CASE_NAMES = (
-    "worker_crash",
-    "broker_restart",
-    "idle_queue_crash",
-    "delays",
-    "sigterm",
-    "poison",
-    "blocking_task",
-)
-# Run per broker and per task-state store (the Redis one, or PostgreSQL's task_states table).
+# Each case's name in scenario.py, and the letter its process logs are named after.
+CASE_NAMES = {
+    "worker_crash": "a",
+    "broker_restart": "b",
+    "idle_queue_crash": "c",
+    "delays": "d",
+    "sigterm": "e",
+    "poison": "f",
+    "blocking_task": "g",
+    # Run per broker and per task-state store (the Redis one, or PostgreSQL's task_states table).
+    "crash_states": "h",
+    "crash_window": "i",
+    "postgres_restart": "j",
+}
 CRASH_STATE_CASES = ("crash_states", "crash_window")
+# Once per broker: every other case.
+DELIVERY_CASES = tuple(name for name in CASE_NAMES if name not in CRASH_STATE_CASES)
 
 
 @pytest.fixture(scope="module", params=["redis", "rabbitmq"])
@@ -130,7 +137,7 @@ def delivery(
 ) -> DeliveryRun:
     broker: str = request.param
     return run_scenario(
-        delivery_combo(broker), CASE_NAMES, render_cache, shared_python, require_services,
+        delivery_combo(broker), DELIVERY_CASES, render_cache, shared_python, require_services,
         tmp_path_factory,
     )  # fmt: skip
 
@@ -342,3 +349,21 @@ def test_h_crash_states_kill_at_the_ack_or_the_state_write_leaves_the_state_fina
         assert outcome["state"] == "success", f"killed at the {point}: {outcome}"
         assert outcome["completed"] == 1, f"killed at the {point}: the note is missing"
         assert outcome["rows_over_one"] == 0
+
+
+def test_j_postgres_restart_mid_batch_writes_every_row_once_and_no_stale_connection_fails(
+    delivery: DeliveryRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = delivery.case("postgres_restart")
+    show(capsys, delivery, "(j) PostgreSQL restarted mid-batch", result)
+    assert result["sent"] == BATCH
+    assert result["completed_at_restart"] < BATCH, "PostgreSQL restarted after the batch was done"
+    assert result["worker_alive"] and result["worker_child_restarts"] == 0
+    # Tasks that met the outage were retried; once the server was back, the pooled
+    # connections it broke were replaced before use, so no task failed on one.
+    assert result["failures_after_restart"] == 0, result["errors_after_restart"]
+    exactly_once(result)
+    # Restarted again under idle workers whose pools it emptied of live connections: the
+    # next tasks get checked, fresh ones.
+    assert result["idle_restart_lost"] == 0
+    assert result["idle_restart_failures"] == 0, result["idle_restart_errors"]

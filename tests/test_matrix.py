@@ -272,20 +272,12 @@ def test_dependencies_match_derive(rendered: Rendered, union_requirements: list[
 
 
 @parametrize_combos
-def test_mypy(rendered: Rendered, shared_python: Callable[[str], Path]) -> None:
-    if "mypy" not in _pyproject(rendered).get("tool", {}):
-        pytest.skip("the generated pyproject.toml does not configure mypy")
-    version = str(rendered.combo.answers["python_version"])
-    python = shared_python(version)
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    # Third-party modules are cached across combinations; the project's own are rechecked.
-    cache_dir = helpers.CACHE_DIR / "mypy" / f"{python.parent.parent.name}-{worker}"
-    proc = helpers.run(
-        # No paths: the project's own configuration names what to check (the package and bench/).
-        [str(python), "-m", "mypy", "--cache-dir", str(cache_dir)],
-        cwd=rendered.path,
-        env={k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "MYPYPATH"}},
-    )
+def test_mypy(
+    rendered: Rendered, background_runs: BackgroundRuns, mypy_run: Callable[[Combo], Prepared]
+) -> None:
+    """mypy passes with the project's configuration (run one at a time in the background from
+    the session's start: conftest.py)."""
+    proc = background_runs.result("test_mypy", rendered.combo, mypy_run)
     assert proc.returncode == 0, helpers.explain(proc)
 
 

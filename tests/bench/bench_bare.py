@@ -101,3 +101,37 @@ if os.environ.get("BENCH_DATABASE_URL"):
     @broker.on_event(TaskiqEvents.WORKER_SHUTDOWN)
     async def close_database(state: TaskiqState) -> None:
         await state.engine.dispose()
+
+
+if os.environ.get("BENCH_DB_POOLED_URL"):
+    # "taskiq-pooled" (the `db` section): bare taskiq with what its users write for a task that
+    # writes rows: an async engine made at start-up (the generated worker's pool settings,
+    # pre-ping included) and a session per task.
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+    from taskiq import Context, TaskiqDepends, TaskiqEvents, TaskiqState
+
+    @broker.on_event(TaskiqEvents.WORKER_STARTUP)
+    async def open_pool(state: TaskiqState) -> None:
+        state.engine = create_async_engine(
+            os.environ["BENCH_DB_POOLED_URL"], pool_size=10, max_overflow=5, pool_pre_ping=True
+        )
+        state.sessions = async_sessionmaker(state.engine, class_=AsyncSession)
+
+    @broker.on_event(TaskiqEvents.WORKER_SHUTDOWN)
+    async def close_pool(state: TaskiqState) -> None:
+        await state.engine.dispose()
+
+    _INJECTED = TaskiqDepends()
+
+    @broker.task(task_name="bench:write")
+    async def write(
+        sent_at: float, context: Context = _INJECTED, state: TaskiqState = _INJECTED
+    ) -> None:
+        from bench_rows import NOTE_INSERT
+
+        async with state.sessions() as session:
+            await session.execute(
+                NOTE_INSERT, {"task_id": context.message.task_id, "title": "bench"}
+            )
+            await session.commit()
+        probe.hit(sent_at)

@@ -200,6 +200,10 @@ class Config:
     redis_host: str
     redis_port: int
     redis_db: int
+    # The `db` section's databases (broker -> URL) on a private PostgreSQL cluster, and that
+    # cluster's data directory (its postmaster.pid names the processes whose CPU is counted).
+    db_database_urls: dict[str, str] = field(default_factory=dict)
+    postgres_data: str = ""
 
 
 def new_queue(label: str) -> str:
@@ -296,12 +300,14 @@ def generated_client(cfg: Config, broker: str, queue: str) -> Any:
     return brokers.build_broker(settings)
 
 
-async def kick_all(broker: Any, labels: dict[str, Any], count: int) -> None:
+async def kick_all(
+    broker: Any, labels: dict[str, Any], count: int, task_name: str = "bench:noop"
+) -> None:
     from taskiq.kicker import AsyncKicker
 
     await broker.startup()
     try:
-        kicker = AsyncKicker(task_name="bench:noop", broker=broker, labels=labels)
+        kicker = AsyncKicker(task_name=task_name, broker=broker, labels=labels)
         # 50 at a time, as a busy API process might send them (the generated client's
         # pending-state writes of concurrent sends share round trips).
         for start_at in range(0, count, 50):
@@ -406,6 +412,74 @@ def contenders(cfg: Config, broker: str, without: str = "") -> dict[str, Contend
     return result
 
 
+def db_contenders(cfg: Config, broker: str) -> dict[str, Contender]:
+    """The `db` section: one row-writing task (bench_rows.py) on the generated worker (its
+    pooled engine), on bare taskiq with a pooled engine, and on the generated worker with
+    DATABASE_NULL_POOL=true (a new connection per task)."""
+    py = cfg.python
+    project = cfg.projects[broker]
+    package = cfg.packages[broker]
+    url = cfg.db_database_urls[broker]
+
+    async def fill_generated(queue: str, count: int) -> None:
+        sys.path[:0] = [str(HERE), str(project / "src")]
+        registry = generated_module(cfg, broker, "infrastructure.taskiq.registry")
+        if "bench:write" not in registry.task_registry:
+
+            async def write(sent_at: float) -> None: ...
+
+            registry.register_task("bench:write")(write)
+        labels = dict(registry.task_registry["bench:write"].labels)
+        client = generated_client(cfg, broker, queue)
+        await kick_all(client, labels, count, "bench:write")
+
+    def generated_command(queue: str, **extra: str) -> tuple[list[str], dict[str, str], Path]:
+        env = generated_env(cfg, broker, queue, BENCH_DB_TASK="1", DATABASE_URL=url, **extra)
+        return [py, "-m", f"{package}.worker", "bench_generated"], env, project
+
+    async def fill_bare(queue: str, count: int) -> None:
+        sys.path.insert(0, str(HERE))
+        import bench_bare
+
+        client = bench_bare.make_broker(
+            broker, queue, result_backend=cfg.result_backends[broker], concurrency=cfg.concurrency
+        )
+        await kick_all(client, {}, count, "bench:write")
+
+    def bare_command(queue: str) -> tuple[list[str], dict[str, str], Path]:
+        command = [py, "-m", "taskiq", "worker", "bench_bare:broker"]
+        command += ["--workers", str(cfg.workers), "--max-async-tasks", str(cfg.concurrency)]
+        env = base_env(cfg, queue)
+        env.update(
+            BENCH_BROKER=broker,
+            BENCH_RESULT_BACKEND=cfg.result_backends[broker],
+            BENCH_DB_POOLED_URL=url,
+        )
+        return command, env, HERE
+
+    def nullpool_command(queue: str) -> tuple[list[str], dict[str, str], Path]:
+        return generated_command(queue, DATABASE_NULL_POOL="true")
+
+    return {
+        "db-generated": Contender("db-generated", broker, fill_generated, generated_command,
+                                  cfg.workers),
+        "db-taskiq-pooled": Contender("db-taskiq-pooled", broker, fill_bare, bare_command,
+                                      cfg.workers),
+        "db-nullpool": Contender("db-nullpool", broker, fill_generated, nullpool_command,
+                                 cfg.workers),
+    }  # fmt: skip
+
+
+def postgres_cpu_seconds(data_dir: str) -> float:
+    """CPU time of a PostgreSQL cluster: its live processes, plus what its exited backends
+    used (reaped children count in the postmaster's cutime/cstime; NullPool's backends exit
+    after every task)."""
+    postmaster = int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    reaped = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds([postmaster, *children(postmaster)]) + reaped
+
+
 # ---------------------------------------------------------------------------------------------
 # Clean-up of a queue's traces
 # ---------------------------------------------------------------------------------------------
@@ -452,6 +526,17 @@ class Outcome:
     latency_p99_ms: float
     idle_rss_kib: float  # mean VmRSS of a worker process, started and idle
     idle_pss_kib: float  # the same, proportional set size
+    worker_cpu: float = 0.0  # CPU-seconds of the worker processes over the trial
+    db_cpu: float = 0.0  # CPU-seconds of PostgreSQL over the trial (the `db` section only)
+
+    @property
+    def tasks(self) -> float:
+        return self.cpu_rate * self.worker_cpu
+
+    @property
+    def total_cpu_rate(self) -> float:
+        """Tasks per CPU-second of the workers and PostgreSQL together."""
+        return self.tasks / max(self.worker_cpu + self.db_cpu, 1e-9)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -483,7 +568,9 @@ def settle(service: Service, contender: Contender) -> tuple[list[int], list[int]
     raise RuntimeError(f"{contender.name}: worker processes never settled:\n{service.tail()}")
 
 
-def throughput_trial(cfg: Config, contender: Contender, count: int) -> Outcome:
+def throughput_trial(
+    cfg: Config, contender: Contender, count: int, db_cpu: Callable[[], float] | None = None
+) -> Outcome:
     """Start the workers, let them settle (idle RSS), send `count` tasks, wait for all.
 
     CPU time is what the ratios use: on a machine shared with other jobs it varies far less
@@ -502,6 +589,7 @@ def throughput_trial(cfg: Config, contender: Contender, count: int) -> Outcome:
         # to its children; taskiq's parent only watches its workers.
         pids = process_tree(service.process.pid)
         cpu_before = cpu_seconds(pids)
+        db_before = db_cpu() if db_cpu else 0.0
         began = time.perf_counter()
         asyncio.run(contender.fill(queue, count))
         fill_rate = count / (time.perf_counter() - began)
@@ -517,6 +605,7 @@ def throughput_trial(cfg: Config, contender: Contender, count: int) -> Outcome:
             time.sleep(0.05)
         time.sleep(0.5)  # acks, results and state writes after the last task started
         cpu = cpu_seconds(pids) - cpu_before
+        db_used = db_cpu() - db_before if db_cpu else 0.0
         samples = []
         for raw in client.lrange(probe_key, 0, -1):
             pid, sent, started = raw.decode().split(":")
@@ -532,6 +621,8 @@ def throughput_trial(cfg: Config, contender: Contender, count: int) -> Outcome:
             latency_p99_ms=percentile(waits, 99) * 1000,
             idle_rss_kib=statistics.mean(sizes),
             idle_pss_kib=statistics.mean(shares),
+            worker_cpu=cpu,
+            db_cpu=db_used,
         )
     finally:
         service.stop()
@@ -703,6 +794,52 @@ def run_api(
                 )
 
 
+def run_db(cfg: Config, brokers: list[str], rounds: int, count: int, out: Results) -> None:
+    def db_cpu() -> float:
+        return postgres_cpu_seconds(cfg.postgres_data)
+
+    for round_number in range(rounds):
+        for broker in brokers:
+            pool = db_contenders(cfg, broker)
+            for name in rotated(list(pool), round_number):
+                key = f"{name} {broker}"
+                try:
+                    o = throughput_trial(cfg, pool[name], count, db_cpu)
+                except Exception as exc:
+                    log(f"  round {round_number + 1}/{rounds} {key:26} FAILED: {exc}")
+                    out.failed.append(key)
+                    continue
+                out.trials.setdefault(key, []).append(o)
+                log(
+                    f"  round {round_number + 1}/{rounds} {key:26} {o.total_cpu_rate:6.0f} "
+                    f"tasks/CPU-s (workers {o.worker_cpu:5.1f} s + PostgreSQL {o.db_cpu:5.1f} s"
+                    f" of CPU) {o.wall_rate:6.0f} tasks/s"
+                )
+
+
+def report_db(out: Results, brokers: list[str]) -> None:
+    for key in sorted(k for k in out.trials if k.startswith("db-")):
+        items = out.trials[key]
+        worker = statistics.median(o.worker_cpu / o.tasks * 1e6 for o in items)
+        db = statistics.median(o.db_cpu / o.tasks * 1e6 for o in items)
+        print(
+            f"db {key}: {out.median(key, 'total_cpu_rate'):.0f} tasks/CPU-s of workers and"
+            f" PostgreSQL (CPU per task: workers {worker:.0f} us, PostgreSQL {db:.0f} us);"
+            f" {out.median(key, 'wall_rate'):.0f} tasks/s wall"
+        )
+    for broker in brokers:
+        generated, bare = f"db-generated {broker}", f"db-taskiq-pooled {broker}"
+        nullpool = f"db-nullpool {broker}"
+        if generated in out.trials and bare in out.trials:
+            value = out.paired(generated, bare, "total_cpu_rate")
+            print(f"ratio db generated/taskiq-pooled {broker}: {value:.2f}")
+        if generated in out.trials and nullpool in out.trials:
+            value = out.paired(generated, nullpool, "total_cpu_rate")
+            print(f"ratio db pooled/nullpool {broker}: {value:.2f}")
+            wall = out.paired(generated, nullpool, "wall_rate")
+            print(f"ratio db-wall pooled/nullpool {broker}: {wall:.2f}")
+
+
 COST_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "as generated": ("", {}),
     "without metrics": ("", {"TASKIQ_METRICS_PORT": "0"}),
@@ -751,7 +888,7 @@ def run_costs(cfg: Config, broker: str, rounds: int, count: int) -> None:
 def report(out: Results, brokers: list[str]) -> None:
     for key in out.failed:
         print(f"failed trial: {key}")
-    for key in sorted(out.trials):
+    for key in sorted(k for k in out.trials if not k.startswith("db-")):
         values = ", ".join(f"{o.cpu_rate:.0f}" for o in out.trials[key])
         print(
             f"throughput {key}: {out.median(key, 'cpu_rate'):.0f} tasks/CPU-s ({values}); "
@@ -832,7 +969,11 @@ def main() -> None:
     if "api" in sections:
         log(f"API: {args.api_requests} POST /notes, {args.api_concurrency} at a time")
         run_api(cfg, brokers, args.rounds, args.api_requests, args.api_concurrency, out)
+    if "db" in sections:
+        log(f"db: {args.tasks} row-writing tasks per trial, {args.rounds} rounds")
+        run_db(cfg, brokers, args.rounds, args.tasks, out)
     report(out, brokers)
+    report_db(out, brokers)
     if "costs" in sections:
         for broker in brokers:
             log(f"feature costs on {broker}")

@@ -32,6 +32,9 @@ sys.path.insert(0, str(HERE.parent))
 
 import helpers  # noqa: E402  (tests/helpers.py: rendering, shared venvs, service addresses)
 
+sys.path.insert(0, str(HERE.parent / "delivery"))
+from services import PrivatePostgres  # noqa: E402  (initdb + pg_ctl on a free port)
+
 # Rendered with these answers: the defaults, with the broker varied (and a name per broker,
 # so the driver can import both packages side by side).
 PROJECTS = {
@@ -59,7 +62,8 @@ def main() -> int:
     parser.add_argument(
         "--sections",
         default="throughput,rss,api",
-        help="comma-separated: throughput, rss, api, costs (costs: one feature left out at a time)",
+        help="comma-separated: throughput, rss, api, db, costs (db: row-writing tasks on a"
+        " private PostgreSQL; costs: one feature left out at a time)",
     )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3 quick, 5)")
     parser.add_argument("--tasks", type=int, help="tasks per trial (default 4000 quick, 20000)")
@@ -95,7 +99,14 @@ def main() -> int:
     databases: dict[str, str] = {}
     redis_host, redis_port = addresses["redis"]
     redis_db = 3
+    sections = set(args.sections.split(","))
+    # The `db` section's PostgreSQL is a cluster of its own, so its CPU is this run's alone.
+    postgres = PrivatePostgres() if "db" in sections else None
     try:
+        db_databases: dict[str, str] = {}
+        if postgres is not None:
+            log("starting a private PostgreSQL for the db section")
+            postgres.start()
         projects: dict[str, Path] = {}
         packages: dict[str, str] = {}
         backends: dict[str, str] = {}
@@ -113,6 +124,13 @@ def main() -> int:
             env = {**os.environ, "DATABASE_URL": databases[broker], "TASKIQ_ENABLED": "false"}
             env.pop("VIRTUAL_ENV", None)
             check([str(python), "-m", "alembic", "upgrade", "heads"], projects[broker], env)
+            if postgres is not None:
+                db_name = f"bench_db_{broker}"
+                check([str(python), "-c", helpers.DATABASE_SCRIPT, postgres.admin_dsn, "create",
+                       db_name])  # fmt: skip
+                db_databases[broker] = postgres.url(db_name)
+                env = {**env, "DATABASE_URL": db_databases[broker]}
+                check([str(python), "-m", "alembic", "upgrade", "heads"], projects[broker], env)
         rabbit_host, rabbit_port = addresses["rabbitmq"]
         config = {
             "python": str(python),
@@ -127,6 +145,8 @@ def main() -> int:
             "redis_host": redis_host,
             "redis_port": redis_port,
             "redis_db": redis_db,
+            "db_database_urls": db_databases,
+            "postgres_data": str(postgres.data) if postgres else "",
         }
         config_path = workdir / "config.json"
         config_path.write_text(json.dumps(config, indent=2))
@@ -152,6 +172,8 @@ def main() -> int:
         log(f"done in {time.monotonic() - began:.0f} s")
         return status
     finally:
+        if postgres is not None:
+            postgres.remove()
         for url in databases.values():
             name = urlsplit(url).path.lstrip("/")
             subprocess.run(

@@ -68,3 +68,26 @@ if os.environ.get("DELIVERY_KILL_AT"):
     import crash_hooks
 
     crash_hooks.install(_PACKAGE, os.environ["DELIVERY_KILL_AT"])
+
+
+async def write_note_retrying(
+    title: str,
+    session: DBSession = INJECTED,
+    context: Context = INJECTED,
+) -> int:
+    """Write the note for this task id; a failure leaves `failed-<id>-<pid>-<unix time>` (when
+    the attempt started; with the error) and is retried, so a database outage only delays
+    the note."""
+    task_id = context.message.task_id
+    started = time.time()
+    try:
+        note_id: int = await _notes.create_note_once(session, task_id=task_id, title=title, body="")
+    except Exception as exc:
+        (_MARKERS / f"failed-{task_id}-{os.getpid()}-{started:.3f}").write_text(repr(exc))
+        raise
+    return note_id
+
+
+write_task = _registry.register_task("delivery:write", retry_on_error=True, retry_on=(Exception,))(
+    write_note_retrying
+)

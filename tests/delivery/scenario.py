@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from services import (  # noqa: E402
+    PrivatePostgres,
     PrivateRabbitMQ,
     PrivateRedis,
     free_port,
@@ -132,6 +133,8 @@ class Run:
     rabbitmq: PrivateRabbitMQ | None
     database_url: str = ""
     processes: list[Proc] = field(default_factory=list)
+    # Services a case starts for itself (a private PostgreSQL), removed when the case ends.
+    extra_services: list[PrivatePostgres] = field(default_factory=list)
     # What happened when in the current case, for the report: "12.3s a-worker-1 up".
     events: list[str] = field(default_factory=list)
     case_started: float = field(default_factory=time.monotonic)
@@ -147,6 +150,7 @@ class Run:
         services = [self.redis.describe()]
         if self.rabbitmq is not None:
             services.append(self.rabbitmq.describe())
+        services.extend(service.describe() for service in self.extra_services)
         (self.workdir / "services.json").write_text(json.dumps(services))
 
     def env(self, queue: str, **overrides: str) -> dict[str, str]:
@@ -269,15 +273,19 @@ def admin_dsn() -> str:
     return os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL).replace("+asyncpg", "")
 
 
-async def create_database(run: Run) -> None:
+async def create_database(run: Run, postgres: PrivatePostgres | None = None) -> None:
+    """A database of the run's own (on the shared server, or on `postgres`), migrated."""
     name = f"delivery_{run.broker}_{uuid.uuid4().hex[:10]}"
-    connection = await asyncpg.connect(admin_dsn())
+    connection = await asyncpg.connect(postgres.admin_dsn if postgres else admin_dsn())
     try:
         await connection.execute(f'CREATE DATABASE "{name}"')
     finally:
         await connection.close()
-    admin = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    run.database_url = admin.rsplit("/", 1)[0] + f"/{name}"
+    if postgres is not None:
+        run.database_url = postgres.url(name)
+    else:
+        admin = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+        run.database_url = admin.rsplit("/", 1)[0] + f"/{name}"
     env = run.env("migrations")
     migrate = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "alembic", "upgrade", "heads",
@@ -515,6 +523,76 @@ async def case_broker_restart(run: Run) -> dict[str, Any]:
         worker_alive=worker.alive,
         worker_child_restarts=worker.count(RESTARTED_LOG),
     )
+
+
+async def case_postgres_restart(run: Run) -> dict[str, Any]:
+    """(j) PostgreSQL restarted (fast shutdown: every session ended) mid-batch of row-writing
+    tasks, on a private cluster. Tasks that ran into the outage are retried; once the server is
+    back, no task fails on a pooled connection that the restart broke."""
+    postgres = PrivatePostgres()
+    run.extra_services.append(postgres)
+    run.record_services()
+    await asyncio.to_thread(postgres.start)
+    await create_database(run, postgres)
+    marks = markers(run, "j")
+    env = run.env(queue_name("j"), DELIVERY_MARKERS=str(marks))
+    # Queued before the workers start: the API and the senders are not what is tested here.
+    async with run.client_broker(env) as broker:
+        # By name, so with the labels registration gives: retries on any error.
+        write = kicker(
+            broker, "delivery:write", env, retry_on_error=True, retry_on="builtins.Exception"
+        )
+        sent = [(await write.kiq(f"j-{number}")).task_id for number in range(BATCH)]
+    worker = await run.start_worker("j-worker", env, 2)
+    done_at_restart = await when_progress(run, "j-", BATCH // 4)
+    run.note(f"restarting PostgreSQL ({done_at_restart} done)")
+    started = time.monotonic()
+    await asyncio.to_thread(postgres.restart)
+    back_at = time.time()
+    run.note("PostgreSQL back")
+    restart_seconds = time.monotonic() - started
+    result = await figures(
+        run,
+        sent,
+        [worker],
+        150,
+        completed_at_restart=done_at_restart,
+        postgres_restart_seconds=round(restart_seconds, 1),
+        worker_alive=worker.alive,
+        worker_child_restarts=worker.count(RESTARTED_LOG),
+    )
+    failures = sorted(
+        (float(path.name.rsplit("-", 1)[1]), path.read_text()) for path in marks.glob("failed-*")
+    )
+    # Attempts that started once the server accepted connections again and failed: on a
+    # pooled connection that the restart broke (an attempt started during the outage may
+    # fail a little after it, under load, with the outage's errors).
+    after = [error for at, error in failures if at > back_at]
+    result.update(
+        failures_during_outage=len(failures) - len(after),
+        failures_after_restart=len(after),
+        errors_after_restart=sorted(set(after))[:5],
+    )
+    # Then a restart while the workers are idle, their pools full of connections that it
+    # breaks (the mid-batch outage above already makes SQLAlchemy drop a whole pool: only
+    # here would a pooled connection reach a task unchecked), and more tasks.
+    run.note("restarting PostgreSQL under idle workers")
+    await asyncio.to_thread(postgres.restart)
+    async with run.client_broker(env) as broker:
+        write = kicker(
+            broker, "delivery:write", env, retry_on_error=True, retry_on="builtins.Exception"
+        )
+        idle_sent = [(await write.kiq(f"j-idle-{number}")).task_id for number in range(200)]
+    idle = await figures(run, idle_sent, [worker], 120)
+    idle_failed = [path.read_text() for path in marks.glob("failed-*") if any(
+        path.name.startswith(f"failed-{task_id}-") for task_id in idle_sent)]  # fmt: skip
+    result.update(
+        idle_restart_sent=idle["sent"],
+        idle_restart_lost=idle["lost"],
+        idle_restart_failures=len(idle_failed),
+        idle_restart_errors=sorted(set(idle_failed))[:5],
+    )
+    return result
 
 
 async def case_idle_queue_crash(run: Run) -> dict[str, Any]:
@@ -936,12 +1014,14 @@ CASES: dict[str, Callable[[Run], Awaitable[dict[str, Any]]]] = {
     "blocking_task": case_blocking_task,
     "crash_states": case_crash_states,
     "crash_window": case_crash_window,
+    "postgres_restart": case_postgres_restart,
 }
 
 
 CASE_GROUPS = [
     ["idle_queue_crash", "delays", "sigterm", "poison", "blocking_task"],
     ["worker_crash"],
+    ["postgres_restart"],
     ["broker_restart"],
     ["crash_window"],
     ["crash_states"],
@@ -950,7 +1030,7 @@ CASE_GROUPS = [
 
 async def run_case(base: Run, broker: str, name: str) -> dict[str, Any]:
     """One case, with processes and a timeline of its own; its errors are its result."""
-    run = replace(base, processes=[], events=[], case_started=time.monotonic())
+    run = replace(base, processes=[], extra_services=[], events=[], case_started=time.monotonic())
     print(f"[delivery {broker}] {name} ...", flush=True)
     try:
         result = await CASES[name](run)
@@ -958,6 +1038,8 @@ async def run_case(base: Run, broker: str, name: str) -> dict[str, Any]:
         result = {"error": traceback.format_exc()}
     finally:
         await run.stop_all()
+        for service in run.extra_services:
+            await asyncio.to_thread(service.remove)
     result["seconds"] = round(time.monotonic() - run.case_started, 1)
     result["timeline"] = run.events
     return result

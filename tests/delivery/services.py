@@ -1,4 +1,4 @@
-"""Private Redis and RabbitMQ instances for the delivery scenarios (standard library only).
+"""Private Redis, RabbitMQ and PostgreSQL instances for the delivery scenarios (standard library only).
 
 Each runs on ports of its own with its data in a temporary directory, so a scenario can stop
 and restart it without touching the machine's shared services. The RabbitMQ node shares the
@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -195,6 +196,86 @@ class PrivateRabbitMQ:
         }
 
 
+def postgres_binaries() -> tuple[str, str] | None:
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    return (initdb, pg_ctl) if initdb and pg_ctl else None
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of its own (initdb + pg_ctl) on a free port, trust auth for
+    user postgres. Run as the `postgres` system user when this process is root (PostgreSQL
+    refuses to run as root), with its data outside the root-only pytest temp tree."""
+
+    def __init__(self) -> None:
+        binaries = postgres_binaries()
+        if binaries is None:
+            raise ServiceError("initdb / pg_ctl are not on PATH")
+        self.initdb, self.pg_ctl = binaries
+        self.port = free_port()
+        self.base = Path(tempfile.mkdtemp(prefix="private-postgres-"))
+        self.data = self.base / "data"
+        self.log = self.base / "postgres.log"
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.base, "postgres")
+        self._run([self.initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust",
+                   "-E", "UTF8", "--no-sync"])  # fmt: skip
+
+    def _run(self, command: list[str], timeout: float = 120) -> None:
+        done = subprocess.run(
+            [*self.as_user, *command], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if done.returncode != 0:
+            raise ServiceError(f"{command[0]} failed:\n{done.stdout}\n{done.stderr}")
+
+    @property
+    def admin_dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def url(self, database: str) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base}"
+            " -c fsync=off -c synchronous_commit=off"
+        )
+        self._run([self.pg_ctl, "-D", str(self.data), "-l", str(self.log), "-o", options,
+                   "-w", "-t", "60", "start"])  # fmt: skip
+        wait_port(self.port, up=True, within=30, what="private PostgreSQL")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run([self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop"])
+        wait_port(self.port, up=False, within=30, what="private PostgreSQL")
+
+    def restart(self) -> None:
+        """A fast shutdown (every session is terminated, as in a failover) and a start."""
+        self.stop()
+        self.start()
+
+    def pids(self) -> list[int]:
+        """The postmaster and all its children (backends, background processes)."""
+        pid_file = self.data / "postmaster.pid"
+        if not pid_file.exists():
+            return []
+        postmaster = int(pid_file.read_text().split()[0])
+        children = subprocess.run(
+            ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        return [postmaster, *map(int, children)]
+
+    def remove(self) -> None:
+        with contextlib.suppress(ServiceError, subprocess.TimeoutExpired):
+            if port_open(self.port):
+                self.stop("immediate")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": "postgres", "pg_ctl": self.pg_ctl, "data": str(self.data),
+                "base": str(self.base), "as_user": self.as_user, "port": self.port}  # fmt: skip
+
+
 def clean_up_leftovers(workdir: Path) -> None:
     """Stop what a scenario in `workdir` started, if it died without stopping it: the process
     groups of its API and workers, and its private services."""
@@ -210,6 +291,14 @@ def clean_up_leftovers(workdir: Path) -> None:
         if service.get("kind") == "redis" and service.get("pid"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(service["pid"]), signal.SIGKILL)
+        elif service.get("kind") == "postgres":
+            if port_open(int(service["port"])):
+                subprocess.run(
+                    [*service["as_user"], service["pg_ctl"], "-D", service["data"], "-m",
+                     "immediate", "-w", "stop"],
+                    check=False, capture_output=True, timeout=60,
+                )  # fmt: skip
+            shutil.rmtree(service["base"], ignore_errors=True)
         elif service.get("kind") == "rabbitmq" and port_open(int(service["port"])):
             subprocess.run(
                 [service["ctl"], "-n", service["node"], "stop"],
