@@ -62,9 +62,12 @@ def _use_multiprocess_values(directory: Path) -> None:
 
 
 def install_worker_metrics(
-    broker: AsyncBroker, *, host: str = "127.0.0.1", port: int = 9000
+    broker: AsyncBroker, *, token: str, host: str = "127.0.0.1", port: int = 9000
 ) -> None:
     """Serve task metrics on `host:port` from worker processes; `port` 0 turns them off.
+
+    A scrape must send `Authorization: Bearer <token>` (OPERATOR_TOKEN); an empty token
+    refuses every scrape (401), like the API's operator routes.
 
     taskiq's PrometheusMiddleware (in its buffered form, task_metrics.py) is added at worker
     start-up, so the API process (which builds the same broker to send tasks) neither creates
@@ -86,7 +89,7 @@ def install_worker_metrics(
         # Added before the broker starts its middlewares, so its startup() opens the port.
         broker.add_middlewares(
             BufferedPrometheusMiddleware(
-                metrics_path=worker_metrics_dir(), server_port=port, server_addr=host
+                metrics_path=worker_metrics_dir(), server_port=port, server_addr=host, token=token
             )
         )
 

@@ -18,6 +18,8 @@ from typing import Any
 from taskiq import TaskiqMessage, TaskiqResult
 from taskiq.middlewares.prometheus_middleware import PrometheusMiddleware
 
+from .metrics_server import start_metrics_server
+
 FLUSH_INTERVAL_SECONDS = 1.0
 
 logger = logging.getLogger(__name__)
@@ -26,8 +28,15 @@ logger = logging.getLogger(__name__)
 class BufferedPrometheusMiddleware(PrometheusMiddleware):
     """taskiq's task metrics, written in batches (see the module's docstring)."""
 
-    def __init__(self, *args: Any, flush_interval: float = FLUSH_INTERVAL_SECONDS, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        token: str = "",
+        flush_interval: float = FLUSH_INTERVAL_SECONDS,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
+        self.token = token  # the bearer token a scrape must send (empty: none is accepted)
         self.flush_interval = flush_interval
         self._received: Counter[str] = Counter()
         self._succeeded: Counter[str] = Counter()
@@ -44,9 +53,25 @@ class BufferedPrometheusMiddleware(PrometheusMiddleware):
         return defaultdict(lambda: [0] * len(self._bounds))
 
     def startup(self) -> None:
-        super().startup()  # the metrics port, in worker processes
+        # Not the parent's startup(): its port (prometheus_client's server) has no credential.
+        if self.broker.is_worker_process:
+            self._serve_metrics()
         # Called by the broker's startup(), inside the worker's event loop.
         self._flusher = asyncio.create_task(self._flush_forever(), name="task-metrics-flush")
+
+    def _serve_metrics(self) -> None:
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        try:
+            start_metrics_server(
+                registry, host=self.server_addr, port=self.server_port, token=self.token
+            )
+        except OSError as exc:
+            # Another worker process holds the port: it reports this one's metrics too.
+            logger.debug("Not serving metrics here: %s", exc)
 
     async def shutdown(self) -> None:
         if self._flusher is not None:
