@@ -69,7 +69,9 @@ def test_the_option_adds_the_middleware_dead_letters_settings_and_migration(
         assert (rendered.path / relative.format(pkg=combo.package)).is_file(), relative
     middlewares = rendered.read("src/{pkg}/infrastructure/taskiq/middlewares.py")
     assert "middlewares.append(RetryMiddleware.from_settings(" in middlewares
-    assert "app.include_router(dead_letters_router)" in rendered.read("src/{pkg}/main.py")
+    assert "app.include_router(dead_letters_router, **OPERATOR_ONLY)" in rendered.read(
+        "src/{pkg}/main.py"
+    )
     env_example = rendered.read(".env.example")
     settings = rendered.read("src/{pkg}/infrastructure/config/settings.py")
     for variable in RETRY_SETTINGS:

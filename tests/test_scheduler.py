@@ -86,7 +86,7 @@ def test_the_option_adds_the_scheduler_its_api_and_its_migration(
     assert 'down_revision: str | None = "0001"' in migration
     assert '("scheduler",)' in migration
     main = rendered.read("src/{pkg}/main.py")
-    assert "app.include_router(scheduling_router)" in main
+    assert "app.include_router(scheduling_router, **OPERATOR_ONLY)" in main
     assert "open_schedule_source(" in main
     assert re.search(r"^CRON_RUNS_RETENTION_DAYS=", rendered.read(".env.example"), re.M)
     assert '"scheduler: ' in rendered.read("pyproject.toml")
