@@ -285,8 +285,8 @@ def mypy_run(
     def prepare(combo: Combo) -> Prepared:
         project = render_cache(combo)
         pyproject = tomllib.loads((project.path / "pyproject.toml").read_text(encoding="utf-8"))
-        if "mypy" not in pyproject.get("tool", {}):
-            pytest.skip("the generated pyproject.toml does not configure mypy")
+        # Every generated project configures mypy: its absence is a defect, not a reason to skip.
+        assert "mypy" in pyproject.get("tool", {}), "the generated pyproject.toml lacks [tool.mypy]"
         python = shared_python(str(combo.answers["python_version"]))
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         # Third-party modules are cached across combinations; the project's own are rechecked.

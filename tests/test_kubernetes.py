@@ -24,7 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from cloudcoil.models.keda import v1alpha1 as keda
-from conftest import Rendered
+from conftest import Rendered, unavailable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "delivery"))
 
@@ -471,7 +471,7 @@ def test_the_trigger_metric_counts_the_tasks_sent_and_drains_with_a_worker(
         ]  # fmt: skip
         env["TASKIQ_REDIS_DB"] = metadata["databaseIndex"]
     if services.redis_server_binary() is None:
-        pytest.skip("redis-server is not installed: this test starts its own Redis")
+        unavailable("redis-server is not installed: this test starts its own Redis")
     redis = services.PrivateRedis(tmp_path)
     redis.start()
     try:

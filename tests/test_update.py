@@ -629,6 +629,9 @@ def _use_legacy_name(env_file: Path, value: int) -> None:
     env_file.write_text(text, encoding="utf-8")
 
 
+# Not a tuned setting: these tests are about the 0.2.0 migration that rewrites this very value
+# in a user's .env (600, the old default, to 15, the one a new project ships); nothing runs
+# with either value here.
 OLD_IDLE = "TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=600"
 NEW_IDLE = "TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=15"
 
@@ -743,6 +746,7 @@ def test_replace_old_defaults_changes_only_the_old_default_and_is_idempotent(
 ) -> None:
     replace = _load(DEFAULTS_MIGRATION_SCRIPT)
     env = tmp_path / ".env"
+    # The migration's input, not a setting anything runs with (see OLD_IDLE).
     original = (
         "# TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=600 in a comment stays\r\n"
         "export TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS = '600.0'\r\n"
