@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -27,3 +28,20 @@ def write_keeping_mode(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def rewrite_env_files(
+    files: list[str], rewrite: Callable[[str], tuple[str, list[str]]], label: str, idle: str
+) -> None:
+    """Apply `rewrite` (text -> new text, what it did) to each env file (default `.env`),
+    keeping line endings and mode; print one line per file: `label: file: what was done`."""
+    for name in files or [".env"]:
+        path = Path(name)
+        if not path.is_file():
+            print(f"{label}: {name}: not found, {idle}")
+            continue
+        text = read_keeping_endings(path)
+        new_text, done = rewrite(text)
+        if new_text != text:
+            write_keeping_mode(path, new_text)
+        print(f"{label}: {name}: {'; '.join(done) if done else idle}")

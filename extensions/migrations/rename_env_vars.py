@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from envfile import read_keeping_endings, write_keeping_mode
+from envfile import rewrite_env_files
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -69,16 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Copier passes the migration's version in the environment (VERSION_CURRENT).
     note = f"taskiq-template migration {os.environ.get('VERSION_CURRENT', '')}".rstrip()
-    for name in args.files or [".env"]:
-        path = Path(name)
-        if not path.is_file():
-            print(f"{note}: {name}: not found, nothing to rename")
-            continue
-        text = read_keeping_endings(path)
-        new_text, done = rename_in_text(text, dict(args.renames), note)
-        if new_text != text:
-            write_keeping_mode(path, new_text)
-        print(f"{note}: {name}: {'; '.join(done) if done else 'nothing to rename'}")
+    rewrite_env_files(
+        args.files,
+        lambda text: rename_in_text(text, dict(args.renames), note),
+        note,
+        "nothing to rename",
+    )
     return 0
 
 

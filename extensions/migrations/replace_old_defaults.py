@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from envfile import read_keeping_endings, write_keeping_mode
+from envfile import rewrite_env_files
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -73,16 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     # Copier passes the migration's version in the environment (VERSION_CURRENT).
     version = os.environ.get("VERSION_CURRENT", "")
     note = f"taskiq-template migration {version}".rstrip()
-    for name in args.files or [".env"]:
-        path = Path(name)
-        if not path.is_file():
-            print(f"{note} (old defaults): {name}: not found, nothing to change")
-            continue
-        text = read_keeping_endings(path)
-        new_text, done = replace_in_text(text, args.changes, note)
-        if new_text != text:
-            write_keeping_mode(path, new_text)
-        print(f"{note} (old defaults): {name}: {'; '.join(done) if done else 'nothing to change'}")
+    rewrite_env_files(
+        args.files,
+        lambda text: replace_in_text(text, args.changes, note),
+        f"{note} (old defaults)",
+        "nothing to change",
+    )
     return 0
 
 
