@@ -18,10 +18,11 @@ from fastapi import APIRouter, FastAPI, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from taskiq import AsyncBroker, TaskiqEvents, TaskiqState
 
+from .shared_files import MULTIPROC_DIR_ENV, shared_files_registry
+
 if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
 
-MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_WORKER_METRICS_DIR = Path(tempfile.gettempdir()) / "taskiq-metrics"
 
 
@@ -147,15 +148,12 @@ class HttpMetricsMiddleware:
 
 
 def _latest_metrics() -> tuple[bytes, str]:
-    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
     registry: Any = REGISTRY
     if os.environ.get(MULTIPROC_DIR_ENV):
         # Several API processes (uvicorn --workers) share a directory: report all of them.
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry = shared_files_registry(os.environ[MULTIPROC_DIR_ENV])
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

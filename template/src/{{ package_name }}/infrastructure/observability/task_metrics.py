@@ -12,6 +12,7 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import os
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -19,6 +20,7 @@ from taskiq import TaskiqMessage, TaskiqResult
 from taskiq.middlewares.prometheus_middleware import PrometheusMiddleware
 
 from .metrics_server import start_metrics_server
+from .shared_files import MULTIPROC_DIR_ENV, shared_files_registry
 
 FLUSH_INTERVAL_SECONDS = 1.0
 
@@ -60,11 +62,8 @@ class BufferedPrometheusMiddleware(PrometheusMiddleware):
         self._flusher = asyncio.create_task(self._flush_forever(), name="task-metrics-flush")
 
     def _serve_metrics(self) -> None:
-        from prometheus_client import CollectorRegistry
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        # The files of every worker process (they inherit PROMETHEUS_MULTIPROC_DIR).
+        registry = shared_files_registry(os.environ[MULTIPROC_DIR_ENV])
         try:
             start_metrics_server(
                 registry, host=self.server_addr, port=self.server_port, token=self.token
