@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import helpers
 import pytest
@@ -167,14 +168,39 @@ def shared_python(union_requirements: list[str]) -> Callable[[str], Path]:
 # ---------------------------------------------------------------------------------------------
 
 _SELECTED = pytest.StashKey[dict[str, list[Combo]]]()
+_EARLY_SELECTED = pytest.StashKey[dict[str, list[Any]]]()
+
+
+@dataclass(frozen=True)
+class EarlyRun:
+    """How a parametrized fixture's runs start with the session (see EARLY_RUNS).
+
+    `prepare(request, param)` runs in the main thread (it may render, skip or fail) and returns
+    the run itself, a callable that the lane calls in the background; the fixture returns what
+    that call returned."""
+
+    prepare: Callable[[pytest.FixtureRequest, Any], Callable[[], Any]]
+    lane: str
+
+
+# Fixtures whose runs are long waits of their own (the delivery scenarios start brokers, kill
+# workers and wait out idle timeouts): a test module registers them here when it is imported,
+# which collection does before any fixture runs. Where a selected test uses one, its selected
+# parameters' runs start when the session starts, on the lane named (EARLY_LANE_JOBS at a
+# time), and the tests using it go last, so that the serial checks run meanwhile.
+EARLY_RUNS: dict[str, EarlyRun] = {}
+EARLY_LANE_JOBS = {"delivery": int(os.environ.get("TEMPLATE_DELIVERY_JOBS", "1"))}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that check a generated feature suite go last: where the matrix runs the same
-    combination's whole suite in this session, they read that run instead of starting one."""
+    combination's whole suite in this session, they read that run instead of starting one.
+    Tests of early runs (EARLY_RUNS) go after them: their runs started with the session."""
     feature_checks = [item for item in items if "run_feature_tests" in _fixtures_of(item)]
-    if feature_checks:
-        items[:] = [item for item in items if item not in feature_checks] + feature_checks
+    early = [item for item in items if set(_fixtures_of(item)) & EARLY_RUNS.keys()]
+    last = feature_checks + [item for item in early if item not in feature_checks]
+    if last:
+        items[:] = [item for item in items if item not in last] + last
 
 
 def _fixtures_of(item: pytest.Item) -> list[str]:
@@ -182,14 +208,21 @@ def _fixtures_of(item: pytest.Item) -> list[str]:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Remember, per test function, the combinations that were selected (after -k / -m)."""
+    """Remember, per test function, the combinations that were selected (after -k / -m), and
+    per early-run fixture (EARLY_RUNS) its selected parameters, in the tests' order."""
     selected: dict[str, list[Combo]] = {}
+    early: dict[str, list[Any]] = {}
     for item in session.items:
         callspec = getattr(item, "callspec", None)
-        combo = callspec.params.get("combo") if callspec else None
+        params = callspec.params if callspec else {}
+        combo = params.get("combo")
         if isinstance(combo, Combo):
             selected.setdefault(getattr(item, "originalname", item.name), []).append(combo)
+        for name in EARLY_RUNS.keys() & params.keys():
+            if params[name] not in early.setdefault(name, []):
+                early[name].append(params[name])
     session.config.stash[_SELECTED] = selected
+    session.config.stash[_EARLY_SELECTED] = early
 
 
 Prepared = tuple[list[str], Path, dict[str, str], float]  # (cmd, cwd, env, timeout)
@@ -202,7 +235,12 @@ class BackgroundRuns:
         # Tests named here run one at a time on a lane of their own: mypy computes rather than
         # waits, and its runs share one cache directory.
         self._lanes = {MYPY: ThreadPoolExecutor(max_workers=1, thread_name_prefix="mypy")}
+        self._lanes.update(
+            (lane, ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix=lane))
+            for lane, jobs in EARLY_LANE_JOBS.items()
+        )
         self._futures: dict[tuple[str, str], Future[helpers.Completed]] = {}
+        self._early: dict[tuple[str, str], Future[Any]] = {}
         self._started: set[str] = set()
 
     def _submit(self, key: tuple[str, str], prepared: Prepared) -> None:
@@ -232,6 +270,29 @@ class BackgroundRuns:
             except (Exception, pytest.skip.Exception, pytest.fail.Exception):
                 continue  # its own test calls prepare again and reports why
             self._submit((test, other.id), prepared)
+
+    def start_early(self, name: str, request: pytest.FixtureRequest) -> None:
+        """Start the runs of early-run fixture `name` for its selected parameters, once."""
+        if f"early:{name}" in self._started:
+            return
+        self._started.add(f"early:{name}")
+        declared = EARLY_RUNS[name]
+        for param in self._config.stash.get(_EARLY_SELECTED, {}).get(name, []):
+            try:
+                job = declared.prepare(request, param)
+            except (Exception, pytest.skip.Exception, pytest.fail.Exception):
+                continue  # the fixture prepares it again and reports why
+            self._early[(name, repr(param))] = self._lanes[declared.lane].submit(job)
+
+    def early_result(self, name: str, request: pytest.FixtureRequest) -> Any:
+        """What the run of `request`'s fixture parameter returned (prepared now if it did not
+        start with the session)."""
+        self.start_early(name, request)
+        key = (name, repr(request.param))
+        if key not in self._early:
+            job = EARLY_RUNS[name].prepare(request, request.param)
+            self._early[key] = self._lanes[EARLY_RUNS[name].lane].submit(job)
+        return self._early[key].result()
 
     def selected(self, test: str, combo: Combo) -> bool:
         """Whether `test` runs for `combo` in this session."""
@@ -305,12 +366,17 @@ def _generated_suites_start_first(
     """The generated suites are the session's longest waits (workers, brokers, schedulers), and
     mypy the longest serial check: both start when the session starts (mypy on a lane of its
     own, one run at a time), so that they overlap the serial checks (lint, deploy, update)
-    instead of following them. Nothing starts where no such test is selected."""
+    instead of following them; so do the early runs (EARLY_RUNS: the delivery scenarios).
+    Nothing starts where no such test is selected."""
     selected = request.config.stash.get(_SELECTED, {})
+    runs: BackgroundRuns | None = None
     for test, prepare in [(GENERATED_SUITES, "generated_suite"), (MYPY, "mypy_run")]:
         if selected.get(test):
-            runs: BackgroundRuns = request.getfixturevalue("background_runs")
+            runs = request.getfixturevalue("background_runs")
             runs.start(test, request.getfixturevalue(prepare))
+    for name in request.config.stash.get(_EARLY_SELECTED, {}):
+        runs = runs or request.getfixturevalue("background_runs")
+        runs.start_early(name, request)
 
 
 GENERATED_SUITES = "test_generated_tests"

@@ -30,7 +30,7 @@ from typing import Any
 
 import helpers
 import pytest
-from conftest import RenderCache, unavailable
+from conftest import EARLY_RUNS, BackgroundRuns, EarlyRun, RenderCache, unavailable
 from helpers import Combo
 
 DELIVERY_DIR = Path(__file__).resolve().parent / "delivery"
@@ -128,18 +128,10 @@ DELIVERY_CASES = tuple(name for name in CASE_NAMES if name not in CRASH_STATE_CA
 
 
 @pytest.fixture(scope="module", params=["redis", "rabbitmq"])
-def delivery(
-    request: pytest.FixtureRequest,
-    render_cache: RenderCache,
-    shared_python: Callable[[str], Path],
-    require_services: Callable[[list[str]], None],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> DeliveryRun:
-    broker: str = request.param
-    return run_scenario(
-        delivery_combo(broker), DELIVERY_CASES, render_cache, shared_python, require_services,
-        tmp_path_factory,
-    )  # fmt: skip
+def delivery(request: pytest.FixtureRequest, background_runs: BackgroundRuns) -> DeliveryRun:
+    """Every case but the crash-state ones, on one broker (the run started with the session)."""
+    run: DeliveryRun = background_runs.early_result("delivery", request)
+    return run
 
 
 @pytest.fixture(
@@ -150,28 +142,39 @@ def delivery(
         for backend in ("redis", "none")
     ],
 )
-def crash_states(
-    request: pytest.FixtureRequest,
-    render_cache: RenderCache,
-    shared_python: Callable[[str], Path],
-    require_services: Callable[[list[str]], None],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> DeliveryRun:
-    broker, backend = request.param
-    return run_scenario(
-        delivery_combo(broker, result_backend=backend), CRASH_STATE_CASES, render_cache,
-        shared_python, require_services, tmp_path_factory,
-    )  # fmt: skip
+def crash_states(request: pytest.FixtureRequest, background_runs: BackgroundRuns) -> DeliveryRun:
+    """The crash-state cases, per broker and task-state store (Redis, or PostgreSQL)."""
+    run: DeliveryRun = background_runs.early_result("crash_states", request)
+    return run
 
 
-def run_scenario(
-    combo: Combo,
-    cases: tuple[str, ...],
-    render_cache: RenderCache,
-    shared_python: Callable[[str], Path],
-    require_services: Callable[[list[str]], None],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> DeliveryRun:
+def _delivery_scenario(request: pytest.FixtureRequest, broker: str) -> Callable[[], DeliveryRun]:
+    return prepare_scenario(request, delivery_combo(broker), DELIVERY_CASES)
+
+
+def _crash_states_scenario(
+    request: pytest.FixtureRequest, param: tuple[str, str]
+) -> Callable[[], DeliveryRun]:
+    broker, backend = param
+    return prepare_scenario(
+        request, delivery_combo(broker, result_backend=backend), CRASH_STATE_CASES
+    )
+
+
+# Each scenario is minutes of waiting on its processes: they start with the session, one at a
+# time, while the other checks run (conftest.EARLY_RUNS).
+EARLY_RUNS["delivery"] = EarlyRun(_delivery_scenario, lane="delivery")
+EARLY_RUNS["crash_states"] = EarlyRun(_crash_states_scenario, lane="delivery")
+
+
+def prepare_scenario(
+    request: pytest.FixtureRequest, combo: Combo, cases: tuple[str, ...]
+) -> Callable[[], DeliveryRun]:
+    """Check the prerequisites and render (main thread); return the scenario's run."""
+    require_services: Callable[[list[str]], None] = request.getfixturevalue("require_services")
+    render_cache: RenderCache = request.getfixturevalue("render_cache")
+    shared_python: Callable[[str], Path] = request.getfixturevalue("shared_python")
+    tmp_path_factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
     broker = str(combo.answers["broker"])
     require_services(["postgres"])
     if services.redis_server_binary() is None:
@@ -188,15 +191,18 @@ def run_scenario(
         "--workdir", str(workdir),
         "--cases", ",".join(cases),
     ]  # fmt: skip
-    try:
-        proc = helpers.run(
-            command, cwd=rendered.path, env=helpers.generated_test_env(combo), timeout=900
-        )
-    finally:
-        services.clean_up_leftovers(workdir)
-    results_file = workdir / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    return DeliveryRun(broker, results, workdir, helpers.explain(proc))
+    env = helpers.generated_test_env(combo)
+
+    def run() -> DeliveryRun:
+        try:
+            proc = helpers.run(command, cwd=rendered.path, env=env, timeout=900)
+        finally:
+            services.clean_up_leftovers(workdir)
+        results_file = workdir / "results.json"
+        results = json.loads(results_file.read_text()) if results_file.exists() else {}
+        return DeliveryRun(broker, results, workdir, helpers.explain(proc))
+
+    return run
 
 
 def show(capsys: pytest.CaptureFixture[str], run: DeliveryRun, name: str, result: Any) -> None:
