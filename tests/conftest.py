@@ -34,6 +34,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.add_cleanup(lambda: Path(path).unlink(missing_ok=True))
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Where the commands' time went, by kind of run, most CPU first: on this 2-core machine
+    the session is bound by CPU, so that is what a slower CI run shows first."""
+    costs = sorted(helpers.RUN_COSTS.items(), key=lambda item: -item[1].cpu)
+    if not costs:
+        return
+    terminalreporter.section("commands run by the harness: CPU and wall-clock seconds")
+    for kind, cost in costs[:12]:
+        terminalreporter.write_line(
+            f"{cost.cpu:8.0f} s CPU {cost.wall:8.0f} s wall {cost.runs:5d} runs  {kind}"
+        )
+    total = sum(cost.cpu for _, cost in costs)
+    terminalreporter.write_line(f"{total:8.0f} s CPU in all")
+
+
 def unavailable(reason: str) -> None:
     """A missing prerequisite fails under CI=true and skips elsewhere."""
     if IN_CI:
@@ -246,7 +261,7 @@ class BackgroundRuns:
     def _submit(self, key: tuple[str, str], prepared: Prepared) -> None:
         cmd, cwd, env, timeout = prepared
         executor = self._lanes.get(key[0], self._executor)
-        self._futures[key] = executor.submit(helpers.run, cmd, cwd, env, timeout)
+        self._futures[key] = executor.submit(helpers.run, cmd, cwd, env, timeout, key[0])
 
     def result(
         self, test: str, combo: Combo, prepare: Callable[[Combo], Prepared]
@@ -318,8 +333,9 @@ def generated_suite(
     shared_python: Callable[[str], Path],
     require_services: Callable[[list[str]], None],
 ) -> Callable[[Combo], Prepared]:
-    """How to run a combination's whole generated suite against the real services (CI=true),
-    verbosely: a line per test, which the feature checks read."""
+    """How to run a combination's generated suite against the real services (CI=true),
+    verbosely: a line per test, which the feature checks read. Its integration tests run where
+    the combination is in helpers.integration_tier(), its unit tests everywhere."""
 
     def prepare(combo: Combo) -> Prepared:
         require_services(combo.derived["services"])
@@ -327,8 +343,9 @@ def generated_suite(
         if not (project.path / "tests").is_dir():
             pytest.fail("the generated project has no tests/ directory", pytrace=False)
         python = shared_python(str(combo.answers["python_version"]))
+        tier = [] if combo.id in helpers.integration_tier() else ["-m", "not integration"]
         return (
-            [str(python), "-m", "pytest", "-v", "-p", "no:cacheprovider"],
+            [str(python), "-m", "pytest", "-v", "-p", "no:cacheprovider", *tier],
             project.path,
             helpers.generated_test_env(combo),
             helpers.GENERATED_TESTS_TIMEOUT,
@@ -391,15 +408,16 @@ def run_feature_tests(
 ) -> RunFeatureTests:
     """A rendered project's own `-m <marker>` tests, run in the shared venv against the real
     services; they must pass and, under CI=true, nothing may skip. Where the matrix runs the
-    combination's whole suite in this session (test_generated_tests), that run is read
-    instead: the same tests, against the same services."""
+    combination's whole suite in this session (test_generated_tests, integration tier), that
+    run is read instead: the same tests, against the same services."""
 
     def run(combo: Combo, marker: str) -> helpers.Completed:
-        if background_runs.selected("test_generated_tests", combo):
+        whole_suite = combo.id in helpers.integration_tier()
+        if whole_suite and background_runs.selected("test_generated_tests", combo):
             proc = background_runs.result("test_generated_tests", combo, generated_suite)
         else:
             command, cwd, env, timeout = generated_suite(combo)
-            proc = helpers.run([*command, "-m", marker], cwd, env, timeout)
+            proc = helpers.run([*command, "-m", marker], cwd, env, timeout, f"-m {marker}")
         assert proc.returncode == 0, helpers.explain(proc)
         assert " SKIPPED" not in proc.stdout, helpers.explain(proc)
         return proc

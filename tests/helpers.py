@@ -242,6 +242,42 @@ def combos() -> tuple[Combo, ...]:
     return tuple(result)
 
 
+def _answer_pairs(combo: Combo, names: list[str]) -> set[tuple[str, Any, str, Any]]:
+    values = [(name, combo.answers.get(name)) for name in names]
+    return {(a, x, b, y) for (a, x), (b, y) in itertools.combinations(values, 2)}
+
+
+@cache
+def integration_tier() -> frozenset[str]:
+    """The combinations whose generated integration tests (real services) the matrix runs.
+
+    The tiers: every combination is rendered, linted, type-checked and runs its generated unit
+    tests; the integration tests, most of a suite's CPU (each starts its own API and worker
+    processes), run for a pairwise-covering set: every two values of any two questions of
+    copier.yml (python_version included) meet in at least one of them. It starts from the
+    combination closest to the defaults (what most teams generate) and adds, greedily, the one
+    covering the most pairs not covered yet. TEMPLATE_MATRIX=full runs them for every
+    combination (before a release).
+    """
+    everything = combos()
+    if os.environ.get("TEMPLATE_MATRIX", "").strip().lower() == "full":
+        return frozenset(combo.id for combo in everything)
+    questions_ = questions()
+    names = [*multiplying_questions(), *(name for name in ALTERNATING if name in questions_)]
+
+    def distance(combo: Combo) -> int:
+        return sum(combo.answers.get(name) != questions_[name].get("default") for name in names)
+
+    pairs = {combo.id: _answer_pairs(combo, names) for combo in everything}
+    chosen = [min(everything, key=distance)]
+    uncovered = set().union(*pairs.values()) - pairs[chosen[0].id]
+    while uncovered:
+        best = max(everything, key=lambda combo: len(pairs[combo.id] & uncovered))
+        chosen.append(best)
+        uncovered -= pairs[best.id]
+    return frozenset(combo.id for combo in chosen)
+
+
 def pick_combo(required: Mapping[str, Any], preferred: Mapping[str, Any] | None = None) -> Combo:
     """The first combination with every `required` answer; among those, the first that also
     has every `preferred` answer, if one does."""
@@ -431,9 +467,10 @@ def shared_env(version: str, python: Path, requirements: list[str]) -> Path:
         env["UV_PYTHON_DOWNLOADS"] = "never"
         for cmd in (
             [uv, "venv", "--quiet", "--python", str(python), str(env_dir)],
-            # Compiled now: the generated suites run with PYTHONDONTWRITEBYTECODE=1 (nothing
-            # written into the project), so without .pyc files every one of their processes
-            # would compile SQLAlchemy, pydantic and FastAPI again (1.6 s of CPU per start).
+            # Compiled now: where PYTHONDONTWRITEBYTECODE=1 is set (it is on these machines),
+            # every process run outside the generated suites (mypy, the bench) would compile
+            # SQLAlchemy, pydantic and FastAPI again (1.6 s of CPU per start). The suites
+            # keep theirs under PYTHONPYCACHEPREFIX (generated_test_env).
             [
                 *(uv, "pip", "install", "--quiet", "--compile-bytecode"),
                 *("--python", str(venv_python), *requirements),
@@ -512,7 +549,12 @@ def generated_test_env(combo: Combo) -> dict[str, str]:
         and not k.startswith(("PYTEST_XDIST", "COPIER_"))
     }
     env["CI"] = "true"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # Bytecode goes to a tree of its own, never into the project (whose files the tests
+    # compare): every process a suite starts (API, workers, scheduler, scripts) then loads the
+    # project's modules compiled instead of compiling them again. With a prefix set, Python
+    # reads .pyc files only there, so the venv's packages are compiled into it once too.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(CACHE_DIR / "pycache")
     env.setdefault("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
     services = combo.derived["services"]
     if "redis" in services:
@@ -532,6 +574,37 @@ class Completed(subprocess.CompletedProcess[str]):
     """A finished command, plus the processes it left running (killed by run())."""
 
     leftovers: list[str]
+
+
+@dataclass
+class RunCost:
+    """What the runs of one kind cost: wall-clock seconds, and CPU seconds of the command and
+    of the children it waited for (workers, servers, scripts its tests started)."""
+
+    runs: int = 0
+    wall: float = 0.0
+    cpu: float = 0.0
+
+
+# Per kind of run (run()'s `kind`), for the session's closing summary (conftest.py).
+RUN_COSTS: dict[str, RunCost] = {}
+_costs_lock = threading.Lock()
+
+
+def _wait_with_usage(proc: subprocess.Popen[str], timeout: float) -> tuple[int, float]:
+    """Wait for `proc` like Popen.wait(timeout), and return its exit code with the CPU seconds
+    of it and its reaped descendants (os.wait4: Popen.wait discards them)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_utime + usage.ru_stime
+        if time.monotonic() >= deadline:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def _group_members(pgid: int) -> list[str]:
@@ -589,10 +662,17 @@ def background_jobs() -> int:
 
 
 def run(
-    cmd: list[str], cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 600
+    cmd: list[str],
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600,
+    kind: str | None = None,
 ) -> Completed:
     """Run a command in its own process group; on timeout, or when it leaves processes behind
-    (workers, servers started by a test suite), kill the whole group."""
+    (workers, servers started by a test suite), kill the whole group. Its wall-clock and CPU
+    time count towards RUN_COSTS[kind] (default: the command's first three words)."""
+    began = time.monotonic()
+    cpu = 0.0
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         # Files, not pipes: a leftover grandchild holding a pipe open would block the read.
         proc = subprocess.Popen(
@@ -609,11 +689,11 @@ def run(
             _active_groups.add(proc.pid)
         note = ""
         try:
-            returncode = proc.wait(timeout=timeout)
+            returncode, cpu = _wait_with_usage(proc, timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _, cpu = _wait_with_usage(proc, 60)
             returncode = -9
             note = f"\n[harness] timed out after {timeout}s; killed its process group\n"
         finally:
@@ -624,6 +704,12 @@ def run(
         err.seek(0)
         result = Completed(cmd, returncode, out.read() + note, err.read())
     result.leftovers = leftovers
+    label = kind or " ".join(Path(str(part)).name for part in cmd[:3])
+    with _costs_lock:
+        cost = RUN_COSTS.setdefault(label, RunCost())
+        cost.runs += 1
+        cost.wall += time.monotonic() - began
+        cost.cpu += cpu
     return result
 
 

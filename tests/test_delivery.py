@@ -195,7 +195,9 @@ def prepare_scenario(
 
     def run() -> DeliveryRun:
         try:
-            proc = helpers.run(command, cwd=rendered.path, env=env, timeout=900)
+            proc = helpers.run(
+                command, cwd=rendered.path, env=env, timeout=900, kind="delivery scenarios"
+            )
         finally:
             services.clean_up_leftovers(workdir)
         results_file = workdir / "results.json"

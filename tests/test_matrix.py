@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import itertools
 import os
 import re
 import tomllib
@@ -287,12 +288,16 @@ def test_generated_tests(
     background_runs: BackgroundRuns,
     generated_suite: Callable[[Combo], Prepared],
 ) -> None:
-    """The generated project's own suite passes against the real services (CI=true).
+    """The generated project's own suite passes against the real services (CI=true): its unit
+    tests in every combination, its integration tests too in helpers.integration_tier().
 
     Suites of the selected combinations run TEMPLATE_MATRIX_JOBS at a time in the background;
     this test waits for its own."""
     proc = background_runs.result("test_generated_tests", rendered.combo, generated_suite)
     assert proc.returncode == 0, helpers.explain(proc)
+    assert " SKIPPED" not in proc.stdout, helpers.explain(proc)
+    if rendered.combo.id in helpers.integration_tier():
+        assert "tests/integration/" in proc.stdout, "no integration test ran"
     assert not proc.leftovers, (
         "the generated tests left processes running (killed now):\n" + "\n".join(proc.leftovers)
     )
@@ -301,6 +306,20 @@ def test_generated_tests(
 # ---------------------------------------------------------------------------------------------
 # The matrix itself
 # ---------------------------------------------------------------------------------------------
+
+
+def test_integration_tier_covers_every_pair_of_answers() -> None:
+    """Any two values of any two questions (python_version too) meet in a combination whose
+    integration tests run, and the one closest to copier.yml's defaults is among them."""
+    tier = [combo for combo in COMBOS if combo.id in helpers.integration_tier()]
+    names = [*helpers.multiplying_questions(), *helpers.ALTERNATING]
+    for first, second in itertools.combinations(names, 2):
+        wanted = {(c.answers.get(first), c.answers.get(second)) for c in COMBOS}
+        met = {(c.answers.get(first), c.answers.get(second)) for c in tier}
+        assert wanted == met, f"{first} x {second}: {wanted - met} never run with services"
+    defaults = {name: helpers.questions()[name].get("default") for name in names}
+    closest = min(COMBOS, key=lambda c: sum(c.answers.get(n) != v for n, v in defaults.items()))
+    assert closest in tier
 
 
 def test_matrix_covers_copier_yml() -> None:

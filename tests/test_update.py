@@ -377,18 +377,28 @@ class Updated:
     path: Path
     leftovers: list[str]
     env_before: str
+    suite: Future[helpers.Completed] | None  # its whole suite, started with the update
 
 
 @pytest.fixture(scope="module")
-def updated(project_v0: Path, tmp_path_factory: pytest.TempPathFactory) -> Updated:
-    """project_v0 after `copier update` to 999.1.0 (then committed, as a user would)."""
+def updated(
+    project_v0: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    suite_command: Callable[..., SuiteCommand],
+) -> Iterator[Updated]:
+    """project_v0 after `copier update` to 999.1.0 (then committed, as a user would). Its
+    whole suite starts at once in the background, while the other update checks run."""
     project = clone_project(project_v0, tmp_path_factory.mktemp("v1") / "project")
     env_before = (project / ".env").read_text(encoding="utf-8")
     update(project, V1)
     found = leftovers(project)
-    if not found:
-        commit_all(project, "update to 999.1.0")
-    return Updated(project, found, env_before)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="updated") as pool:
+        suite = None
+        if not found:
+            commit_all(project, "update to 999.1.0")
+            command = suite_command(project)
+            suite = pool.submit(helpers.run, *command, kind="update: project suites")
+        yield Updated(project, found, env_before, suite)
 
 
 @pytest.fixture(scope="module")
@@ -406,15 +416,18 @@ SuiteCommand = tuple[list[str], Path, dict[str, str], float]  # helpers.run's ar
 def suite_command(
     shared_python: Callable[[str], Path],
     require_services: Callable[[Iterable[str]], None],
-) -> Callable[[Path], SuiteCommand]:
-    """How to run a project's whole test suite (CI=true) in the harness's shared venv."""
+) -> Callable[..., SuiteCommand]:
+    """How to run a project's test suite (CI=true) in the harness's shared venv: the whole
+    suite, or with integration=False its unit tests only."""
 
-    def command(project: Path) -> SuiteCommand:
+    def command(project: Path, integration: bool = True) -> SuiteCommand:
         answers = {k: v for k, v in recorded_answers(project).items() if not k.startswith("_")}
         combo = helpers.Combo(id="update", index=0, answers=answers)
         require_services(combo.derived["services"])
         python = shared_python(str(answers["python_version"]))
         argv = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        if not integration:
+            argv += ["-m", "not integration"]
         return argv, project, helpers.generated_test_env(combo), helpers.GENERATED_TESTS_TIMEOUT
 
     return command
@@ -486,11 +499,10 @@ def test_update_adds_a_token_to_an_env_without_one(project_v0: Path, tmp_path: P
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
 
 
-def test_updated_project_passes_its_tests(
-    updated: Updated, suite_command: Callable[[Path], SuiteCommand]
-) -> None:
+def test_updated_project_passes_its_tests(updated: Updated) -> None:
     assert not updated.leftovers
-    assert_suite_passed(helpers.run(*suite_command(updated.path)))
+    assert updated.suite is not None
+    assert_suite_passed(updated.suite.result())
 
 
 def test_conflicts_are_found_although_update_exits_0(project_v0: Path, tmp_path: Path) -> None:
@@ -542,9 +554,9 @@ def answer_changes(
     updated: Updated,
     template_repo: Path,
     tmp_path_factory: pytest.TempPathFactory,
-    suite_command: Callable[[Path], SuiteCommand],
+    suite_command: Callable[..., SuiteCommand],
 ) -> Iterator[dict[tuple[str, Any], AnswerChange]]:
-    """Every selected answer change, updated at once, with the changed projects' whole suites
+    """Every selected answer change, updated at once, with the changed projects' unit tests
     running TEMPLATE_MATRIX_JOBS at a time in the background (they mostly wait on their
     workers and brokers); each test checks its own change and waits for its own suite."""
     assert not updated.leftovers
@@ -579,7 +591,14 @@ def answer_changes(
                 git_init(fresh, "fresh")
                 apply_user_edits(fresh)
                 change.differences = tree_differences(tree(project), tree(fresh))
-                change.suite = pool.submit(helpers.run, *suite_command(project))
+                # Its unit tests: the project equals a fresh copy with the answer plus the
+                # user's edits (checked above), whose integration tests the matrix runs for
+                # such combinations, and the edits' for the update above.
+                change.suite = pool.submit(
+                    helpers.run,
+                    *suite_command(project, integration=False),
+                    kind="update: answer-change unit tests",
+                )
             yield changes
         finally:
             helpers.kill_active_runs()
@@ -592,7 +611,7 @@ def test_changing_an_answer_and_back(
     answer_changes: dict[tuple[str, Any], AnswerChange],
 ) -> None:
     """`copier update --data <question>=<value>` gives what a fresh copy with that answer plus
-    the user's edits gives, passes its own whole test suite, and updating back restores the
+    the user's edits gives, passes its own unit tests, and updating back restores the
     project file for file."""
     change = answer_changes[(question, value)]
     project = change.project

@@ -148,6 +148,9 @@ class PrivateRabbitMQ:
             "RABBITMQ_CONF_ENV_FILE": str(env_file),
             "RABBITMQ_CONFIG_FILE": str(config),
             "RABBITMQ_PID_FILE": str(self.base / "node.pid"),
+            # No busy-waiting schedulers: on a 2-core machine shared with the other checks,
+            # spinning Erlang schedulers take CPU that the tests' own processes need.
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+sbwt none +sbwtdcpu none +sbwtdio none",
         }
 
     @property
