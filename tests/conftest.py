@@ -204,22 +204,29 @@ class EarlyRun:
 # parameters' runs start when the session starts, on the lane named (EARLY_LANE_JOBS at a
 # time), and the tests using it go last, so that the serial checks run meanwhile.
 EARLY_RUNS: dict[str, EarlyRun] = {}
-EARLY_LANE_JOBS = {"delivery": int(os.environ.get("TEMPLATE_DELIVERY_JOBS", "1"))}
+EARLY_LANE_JOBS = {"delivery": int(os.environ.get("TEMPLATE_DELIVERY_JOBS", "2"))}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that check a generated feature suite go last: where the matrix runs the same
-    combination's whole suite in this session, they read that run instead of starting one.
-    Tests of early runs (EARLY_RUNS) go after them: their runs started with the session."""
+    """Tests that only wait for a background run go last, so that the serial checks (update
+    and upgrade included) run while those runs do: first the matrix's suites and mypy, then
+    the feature checks (where the matrix runs the same combination's whole suite in this
+    session, they read that run instead of starting one), then the early runs' tests
+    (EARLY_RUNS)."""
+    waiting = [item for item in items if _name_of(item) in {GENERATED_SUITES, MYPY}]
     feature_checks = [item for item in items if "run_feature_tests" in _fixtures_of(item)]
     early = [item for item in items if set(_fixtures_of(item)) & EARLY_RUNS.keys()]
-    last = feature_checks + [item for item in early if item not in feature_checks]
+    last = [*waiting, *feature_checks, *early]
     if last:
         items[:] = [item for item in items if item not in last] + last
 
 
 def _fixtures_of(item: pytest.Item) -> list[str]:
     return list(getattr(item, "fixturenames", []))
+
+
+def _name_of(item: pytest.Item) -> str:
+    return str(getattr(item, "originalname", item.name))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

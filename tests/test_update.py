@@ -499,12 +499,6 @@ def test_update_adds_a_token_to_an_env_without_one(project_v0: Path, tmp_path: P
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
 
 
-def test_updated_project_passes_its_tests(updated: Updated) -> None:
-    assert not updated.leftovers
-    assert updated.suite is not None
-    assert_suite_passed(updated.suite.result())
-
-
 def test_conflicts_are_found_although_update_exits_0(project_v0: Path, tmp_path: Path) -> None:
     """The check above has teeth: an edit that collides with the release is reported."""
     project = clone_project(project_v0, tmp_path / "project")
@@ -839,3 +833,10 @@ def test_release_tags_are_pep440_and_in_the_changelog() -> None:
         if not re.search(rf"(?m)^## \[?{re.escape(tag)}\]?(\s|$)", changelog):
             problems.append(f"tag {tag} has no '## {tag}' section in CHANGELOG.md")
     assert not problems, "\n".join(problems)
+
+
+# Last in the module: its suite started with the update and ran meanwhile.
+def test_updated_project_passes_its_tests(updated: Updated) -> None:
+    assert not updated.leftovers
+    assert updated.suite is not None
+    assert_suite_passed(updated.suite.result())
