@@ -50,10 +50,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 def unavailable(reason: str) -> None:
-    """A missing prerequisite fails under CI=true and skips elsewhere."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: prerequisites must be present)", pytrace=False)
-    pytest.skip(reason)
+    """A missing prerequisite (service, interpreter, binary) fails the test, never skips it:
+    a green run must mean the checks ran. Deselect what you cannot run (`-m`, `-k`)."""
+    hint = " (CI=true: prerequisites must be present)" if IN_CI else " (deselect with -m/-k)"
+    pytest.fail(reason + hint, pytrace=False)
 
 
 # ---------------------------------------------------------------------------------------------

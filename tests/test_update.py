@@ -745,6 +745,7 @@ def test_replace_old_defaults_changes_only_the_old_default_and_is_idempotent(
     )
     env.write_text(original, encoding="utf-8")
     env.chmod(0o600)
+    # The migration's own argument (old default=new default), not a setting under test.
     change = ["TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=600=15"]
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("VERSION_CURRENT", "0.2.0")
@@ -760,7 +761,7 @@ def test_replace_old_defaults_changes_only_the_old_default_and_is_idempotent(
         "OTHER=600"
     )
     assert env.stat().st_mode & 0o777 == 0o600
-    # A value the user chose is theirs.
+    # A value the user chose is theirs (migration input again: nothing runs with it).
     env.write_text("TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=900\n", encoding="utf-8")
     assert replace.main(change) == 0
     assert env.read_text(encoding="utf-8") == "TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=900\n"
