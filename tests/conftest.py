@@ -341,8 +341,9 @@ def generated_suite(
     require_services: Callable[[list[str]], None],
 ) -> Callable[[Combo], Prepared]:
     """How to run a combination's generated suite against the real services (CI=true),
-    verbosely: a line per test, which the feature checks read. Its integration tests run where
-    the combination is in helpers.integration_tier(), its unit tests everywhere."""
+    verbosely: a line per test, which the feature checks read. Its integration tests, and the
+    unit tests that start processes, run where the combination is in
+    helpers.integration_tier(); its other unit tests run everywhere."""
 
     def prepare(combo: Combo) -> Prepared:
         require_services(combo.derived["services"])
@@ -350,7 +351,10 @@ def generated_suite(
         if not (project.path / "tests").is_dir():
             pytest.fail("the generated project has no tests/ directory", pytrace=False)
         python = shared_python(str(combo.answers["python_version"]))
-        tier = [] if combo.id in helpers.integration_tier() else ["-m", "not integration"]
+        # Outside the tier, also not the unit tests that start commands of their own (marker
+        # `processes`: the worker, alembic, the probe; a third of a unit run's CPU).
+        outside = ["-m", "not integration and not processes"]
+        tier = [] if combo.id in helpers.integration_tier() else outside
         return (
             [str(python), "-m", "pytest", "-v", "-p", "no:cacheprovider", *tier],
             project.path,

@@ -252,8 +252,9 @@ def integration_tier() -> frozenset[str]:
     """The combinations whose generated integration tests (real services) the matrix runs.
 
     The tiers: every combination is rendered, linted, type-checked and runs its generated unit
-    tests; the integration tests, most of a suite's CPU (each starts its own API and worker
-    processes), run for a pairwise-covering set: every two values of any two questions of
+    tests but those marked `processes` (they start commands); those and the integration tests,
+    most of a suite's CPU (each starts its own API and worker processes), run for a
+    pairwise-covering set: every two values of any two questions of
     copier.yml (python_version included) meet in at least one of them. It starts from the
     combination closest to the defaults (what most teams generate) and adds, greedily, the one
     covering the most pairs not covered yet. TEMPLATE_MATRIX=full runs them for every

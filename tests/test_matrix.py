@@ -289,7 +289,8 @@ def test_generated_tests(
     generated_suite: Callable[[Combo], Prepared],
 ) -> None:
     """The generated project's own suite passes against the real services (CI=true): its unit
-    tests in every combination, its integration tests too in helpers.integration_tier().
+    tests in every combination; those marked `processes` (they start commands) and its
+    integration tests in helpers.integration_tier().
 
     Suites of the selected combinations run TEMPLATE_MATRIX_JOBS at a time in the background;
     this test waits for its own."""
@@ -298,6 +299,7 @@ def test_generated_tests(
     assert " SKIPPED" not in proc.stdout, helpers.explain(proc)
     if rendered.combo.id in helpers.integration_tier():
         assert "tests/integration/" in proc.stdout, "no integration test ran"
+        assert "::test_imports_follow_the_layers PASSED" in proc.stdout, "no `processes` test ran"
     assert not proc.leftovers, (
         "the generated tests left processes running (killed now):\n" + "\n".join(proc.leftovers)
     )

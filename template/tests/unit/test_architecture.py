@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.processes
 def test_imports_follow_the_layers() -> None:
     lint_imports = Path(sys.executable).with_name("lint-imports")
     proc = subprocess.run(
