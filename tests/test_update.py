@@ -624,12 +624,26 @@ def _use_legacy_name(env_file: Path, value: int) -> None:
 # in a user's .env (600, the old default, to 15, the one a new project ships); nothing runs
 # with either value here.
 OLD_IDLE = "TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=600"
-NEW_IDLE = "TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=15"
+# The default a new project ships, read from the template's settings (never typed again here).
+_SHIPPED_IDLE = re.search(
+    r"taskiq_redis_idle_timeout_seconds: float = Field\(default=(\d+)",
+    (
+        helpers.subdirectory()
+        / "src"
+        / "{{ package_name }}"
+        / "infrastructure"
+        / "config"
+        / "settings.py.jinja"
+    ).read_text(encoding="utf-8"),
+)
+assert _SHIPPED_IDLE is not None, "the idle timeout's default moved: update this test"
+NEW_IDLE = f"TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS={_SHIPPED_IDLE.group(1)}"
 
 
 def _use_old_idle_default(env_file: Path) -> None:
     """A .env copied from an older .env.example: the Redis idle timeout's old default, 600."""
     text = env_file.read_text(encoding="utf-8")
+    # The migration's input (see OLD_IDLE): nothing runs with this value.
     text, count = re.subn(r"(?m)^TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=.*$", OLD_IDLE, text)
     if count == 0:  # a RabbitMQ project has none; the script doesn't care
         text += f"{OLD_IDLE}\n"
@@ -753,6 +767,7 @@ def test_replace_old_defaults_changes_only_the_old_default_and_is_idempotent(
     once = env.read_bytes().decode()
     assert replace.main(change) == 0
     assert env.read_bytes().decode() == once
+    # The migration's expected output (see OLD_IDLE), not a setting anything runs with.
     assert once == (
         "# TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=600 in a comment stays\r\n"
         "# taskiq-template migration 0.2.0: TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS was 600, "
