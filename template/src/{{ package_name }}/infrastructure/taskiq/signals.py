@@ -9,6 +9,7 @@ and watchfiles forward one while the terminal's Ctrl-C sends another, and a stop
 the whole process group reaches the main process besides the one it was sent to.
 """
 
+import signal
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -51,3 +52,14 @@ def handle_stop_signals_once() -> None:
 
     setattr(get_signal_handler, _PATCHED, True)
     process_manager.get_signal_handler = get_signal_handler
+
+
+def ignore_stop_signals() -> None:
+    """Once the worker has stopped: later stop signals must not turn its exit into a kill.
+
+    Python puts the default handlers back while the interpreter finalizes, so a SIGTERM still
+    arriving then (the rest of a burst) would end the process by the signal (exit status
+    143 in compose and Kubernetes) instead of the status of the stop that already happened.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
