@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import tempfile
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +16,8 @@ import helpers
 import pytest
 from helpers import IN_CI, Combo
 from pytest_copie.plugin import Copie
+
+_MACHINE_CPU_AT_START = pytest.StashKey[float]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -34,9 +37,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.add_cleanup(lambda: Path(path).unlink(missing_ok=True))
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_MACHINE_CPU_AT_START] = helpers.machine_cpu_seconds()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Where the commands' time went, by kind of run, most CPU first: on this 2-core machine
-    the session is bound by CPU, so that is what a slower CI run shows first."""
+    the session is bound by CPU, so that is what a slower CI run shows first. Then the
+    harness's own process (renders, copier updates, git) and the whole machine's busy CPU
+    (services included), so that what no command accounts for shows too."""
     costs = sorted(helpers.RUN_COSTS.items(), key=lambda item: -item[1].cpu)
     if not costs:
         return
@@ -47,6 +56,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         )
     total = sum(cost.cpu for _, cost in costs)
     terminalreporter.write_line(f"{total:8.0f} s CPU in all")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    terminalreporter.write_line(
+        f"{usage.ru_utime + usage.ru_stime:8.0f} s CPU in the harness process itself"
+    )
+    started = terminalreporter.config.stash.get(_MACHINE_CPU_AT_START, None)
+    if started is not None:
+        busy = helpers.machine_cpu_seconds() - started
+        terminalreporter.write_line(
+            f"{busy:8.0f} s CPU busy on the machine ({os.cpu_count()} cores), services included"
+        )
 
 
 def unavailable(reason: str) -> None:

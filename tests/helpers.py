@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -242,7 +242,7 @@ def combos() -> tuple[Combo, ...]:
     return tuple(result)
 
 
-def _answer_pairs(combo: Combo, names: list[str]) -> set[tuple[str, Any, str, Any]]:
+def answer_pairs(combo: Combo, names: list[str]) -> set[tuple[str, Any, str, Any]]:
     values = [(name, combo.answers.get(name)) for name in names]
     return {(a, x, b, y) for (a, x), (b, y) in itertools.combinations(values, 2)}
 
@@ -254,11 +254,11 @@ def integration_tier() -> frozenset[str]:
     The tiers: every combination is rendered, linted, type-checked and runs its generated unit
     tests but those marked `processes` (they start commands); those and the integration tests,
     most of a suite's CPU (each starts its own API and worker processes), run for a
-    pairwise-covering set: every two values of any two questions of
-    copier.yml (python_version included) meet in at least one of them. It starts from the
-    combination closest to the defaults (what most teams generate) and adds, greedily, the one
-    covering the most pairs not covered yet. TEMPLATE_MATRIX=full runs them for every
-    combination (before a release).
+    pairwise-covering set: every two values of any two questions of copier.yml
+    (python_version included) meet in at least one of them. It is the smallest such set that
+    holds the combination closest to the defaults (what most teams generate): each member
+    runs a whole suite, about 50 s of CPU, so one member fewer is worth a search.
+    TEMPLATE_MATRIX=full runs them for every combination (before a release).
     """
     everything = combos()
     if os.environ.get("TEMPLATE_MATRIX", "").strip().lower() == "full":
@@ -269,29 +269,73 @@ def integration_tier() -> frozenset[str]:
     def distance(combo: Combo) -> int:
         return sum(combo.answers.get(name) != questions_[name].get("default") for name in names)
 
-    pairs = {combo.id: _answer_pairs(combo, names) for combo in everything}
-    chosen = [min(everything, key=distance)]
-    uncovered = set().union(*pairs.values()) - pairs[chosen[0].id]
-    while uncovered:
-        best = max(everything, key=lambda combo: len(pairs[combo.id] & uncovered))
-        chosen.append(best)
-        uncovered -= pairs[best.id]
-    return frozenset(combo.id for combo in chosen)
+    closest = min(everything, key=distance)
+    return frozenset(combo.id for combo in smallest_pair_cover(everything, names, closest))
+
+
+def smallest_pair_cover(candidates: Sequence[Combo], names: list[str], first: Combo) -> list[Combo]:
+    """A smallest set of `candidates` holding `first` in which every pair of answers (to
+    `names`) that any candidate has occurs at least once.
+
+    Branch and bound: take the lowest pair not covered yet and try, in turn, each candidate
+    that has it; a branch stops as soon as it cannot beat the best set found. The greedy set
+    (the candidate covering the most new pairs, each time) is the first bound.
+    """
+    pair_bits: dict[tuple[str, Any, str, Any], int] = {}
+    masks: list[int] = []
+    for combo in candidates:
+        mask = 0
+        # In a fixed order (a set's order changes with the hash seed): the same set each run.
+        for pair in sorted(answer_pairs(combo, names), key=repr):
+            mask |= 1 << pair_bits.setdefault(pair, len(pair_bits))
+        masks.append(mask)
+    everything = (1 << len(pair_bits)) - 1
+    start = candidates.index(first)
+
+    best = [start]
+    covered = masks[start]
+    while covered != everything:
+        pick = max(range(len(candidates)), key=lambda i: (masks[i] & ~covered).bit_count())
+        best.append(pick)
+        covered |= masks[pick]
+
+    def search(chosen: list[int], covered: int) -> None:
+        nonlocal best
+        if covered == everything:
+            best = list(chosen)
+            return
+        if len(chosen) + 1 >= len(best):
+            return  # one more member at least: no better than the best set
+        missing = everything & ~covered
+        lowest = missing & -missing
+        for index, mask in enumerate(masks):
+            if mask & lowest:
+                chosen.append(index)
+                search(chosen, covered | mask)
+                chosen.pop()
+
+    search([start], masks[start])
+    return [candidates[index] for index in best]
 
 
 def pick_combo(required: Mapping[str, Any], preferred: Mapping[str, Any] | None = None) -> Combo:
-    """The first combination with every `required` answer; among those, the first that also
-    has every `preferred` answer, if one does."""
+    """A combination with every `required` answer: the first that also has every `preferred`
+    answer, if one does; among equals, one of the integration tier first (a feature check on
+    it reads the matrix's run of its whole suite instead of starting a run of its own)."""
     candidates = [
         combo
         for combo in combos()
         if all(combo.answers.get(name) == value for name, value in required.items())
     ]
     assert candidates, f"no combination with {dict(required)}"
-    for combo in candidates:
-        if all(combo.answers.get(name) == value for name, value in (preferred or {}).items()):
-            return combo
-    return candidates[0]
+
+    def rank(combo: Combo) -> tuple[bool, bool]:
+        has_preferred = all(
+            combo.answers.get(name) == value for name, value in (preferred or {}).items()
+        )
+        return (not has_preferred, combo.id not in integration_tier())
+
+    return min(candidates, key=rank)  # min() keeps the first of equals
 
 
 # ---------------------------------------------------------------------------------------------
@@ -589,6 +633,20 @@ class RunCost:
 
 # Per kind of run (run()'s `kind`), for the session's closing summary (conftest.py).
 RUN_COSTS: dict[str, RunCost] = {}
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds every core of the machine spent busy since boot (/proc/stat: all but idle
+    and iowait); 0 where there is no /proc."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    ticks = [int(value) for value in fields[:8]]  # user nice system idle iowait irq softirq steal
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 _costs_lock = threading.Lock()
 
 

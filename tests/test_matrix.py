@@ -324,6 +324,20 @@ def test_integration_tier_covers_every_pair_of_answers() -> None:
     assert closest in tier
 
 
+def test_integration_tier_is_a_smallest_pair_cover() -> None:
+    """No set one combination smaller (the closest to the defaults still in it) covers every
+    pair: each member of the tier costs a whole suite's run."""
+    tier = [combo for combo in COMBOS if combo.id in helpers.integration_tier()]
+    names = [*helpers.multiplying_questions(), *helpers.ALTERNATING]
+    defaults = {name: helpers.questions()[name].get("default") for name in names}
+    closest = min(COMBOS, key=lambda c: sum(c.answers.get(n) != v for n, v in defaults.items()))
+    wanted = set().union(*(helpers.answer_pairs(combo, names) for combo in COMBOS))
+    others = [combo for combo in COMBOS if combo != closest]
+    for smaller in itertools.combinations(others, len(tier) - 2):
+        covered = set().union(*(helpers.answer_pairs(c, names) for c in (closest, *smaller)))
+        assert covered != wanted, f"a smaller tier covers every pair: {closest, *smaller}"
+
+
 def test_matrix_covers_copier_yml() -> None:
     """Every choice of every multiplying question appears, ids are unique, samples are real."""
     axes = helpers.multiplying_questions()

@@ -118,17 +118,40 @@ def _http_metrics() -> tuple["Counter", "Histogram"]:
     return requests, duration
 
 
+_KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+
 class HttpMetricsMiddleware:
     """Counts and times every HTTP request by its route template (not its path: bounded labels)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The labelled children, kept per (method, route, status): `.labels()` validates and
+        # looks them up under a lock on every call, a cost per request that buys nothing here.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _record(self, method: str, route: str, status_code: int, seconds: float) -> None:
+        # A client may send any token as a method: the others share one label value.
+        method = method if method in _KNOWN_METHODS else "OTHER"
+        key = (method, route, status_code)
+        children = self._children.get(key)
+        if children is None:
+            requests, duration = _http_metrics()
+            children = (
+                requests.labels(method, route, str(status_code)),
+                duration.labels(method, route),
+            )
+            self._children[key] = children
+        count, timing = children
+        count.inc()
+        timing.observe(seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        requests, duration = _http_metrics()
         status_code = 500
         started = time.perf_counter()
 
@@ -142,9 +165,7 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             route = getattr(scope.get("route"), "path", None) or "<unmatched>"
-            method = scope["method"]
-            requests.labels(method, route, str(status_code)).inc()
-            duration.labels(method, route).observe(time.perf_counter() - started)
+            self._record(scope["method"], route, status_code, time.perf_counter() - started)
 
 
 def _latest_metrics() -> tuple[bytes, str]:
