@@ -362,7 +362,7 @@ def generated_suite(
     """How to run a combination's generated suite against the real services (CI=true),
     verbosely: a line per test, which the feature checks read. Its integration tests, and the
     unit tests that start processes, run where the combination is in
-    helpers.integration_tier(); its other unit tests run everywhere."""
+    helpers.integration_tier(); its other unit tests where it is in helpers.unit_tier()."""
 
     def prepare(combo: Combo) -> Prepared:
         require_services(combo.derived["services"])

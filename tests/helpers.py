@@ -242,58 +242,95 @@ def combos() -> tuple[Combo, ...]:
     return tuple(result)
 
 
-def answer_pairs(combo: Combo, names: list[str]) -> set[tuple[str, Any, str, Any]]:
+def answer_tuples(combo: Combo, names: list[str], strength: int) -> set[tuple[Any, ...]]:
+    """Every `strength` answers of `combo` to different questions among `names`, as
+    ((question, value), ...) in the order of `names`."""
     values = [(name, combo.answers.get(name)) for name in names]
-    return {(a, x, b, y) for (a, x), (b, y) in itertools.combinations(values, 2)}
+    return set(itertools.combinations(values, strength))
+
+
+def _tier_questions() -> list[str]:
+    questions_ = questions()
+    return [*multiplying_questions(), *(name for name in ALTERNATING if name in questions_)]
+
+
+def _closest_to_defaults() -> Combo:
+    questions_ = questions()
+    names = _tier_questions()
+    return min(
+        combos(),
+        key=lambda combo: sum(
+            combo.answers.get(name) != questions_[name].get("default") for name in names
+        ),
+    )
 
 
 @cache
 def integration_tier() -> frozenset[str]:
     """The combinations whose generated integration tests (real services) the matrix runs.
 
-    The tiers: every combination is rendered, linted, type-checked and runs its generated unit
-    tests but those marked `processes` (they start commands); those and the integration tests,
-    most of a suite's CPU (each starts its own API and worker processes), run for a
-    pairwise-covering set: every two values of any two questions of copier.yml
-    (python_version included) meet in at least one of them. It is the smallest such set that
-    holds the combination closest to the defaults (what most teams generate): each member
-    runs a whole suite, about 50 s of CPU, so one member fewer is worth a search.
-    TEMPLATE_MATRIX=full runs them for every combination (before a release).
+    The tiers: every combination is rendered, linted, type-checked and its deploy files
+    checked. Its generated suite runs in two tiers, both computed from copier.yml's questions
+    (python_version included):
+
+    - this one, the whole suite (the integration tests and the unit tests marked `processes`,
+      which start commands, are most of a suite's CPU: each starts its own API and worker
+      processes): a smallest pairwise-covering set, in which any two values of any two
+      questions meet in one of the combinations, holding the combination closest to the
+      defaults (what most teams generate);
+    - unit_tier(), the unit tests.
+
+    Each member costs a suite's run, so the sets are searched for, not picked greedily.
+    TEMPLATE_MATRIX=full runs the whole suite in every combination (before a release).
     """
-    everything = combos()
     if os.environ.get("TEMPLATE_MATRIX", "").strip().lower() == "full":
-        return frozenset(combo.id for combo in everything)
-    questions_ = questions()
-    names = [*multiplying_questions(), *(name for name in ALTERNATING if name in questions_)]
-
-    def distance(combo: Combo) -> int:
-        return sum(combo.answers.get(name) != questions_[name].get("default") for name in names)
-
-    closest = min(everything, key=distance)
-    return frozenset(combo.id for combo in smallest_pair_cover(everything, names, closest))
+        return frozenset(combo.id for combo in combos())
+    chosen = smallest_cover(combos(), _tier_questions(), 2, [_closest_to_defaults()])
+    return frozenset(combo.id for combo in chosen)
 
 
-def smallest_pair_cover(candidates: Sequence[Combo], names: list[str], first: Combo) -> list[Combo]:
-    """A smallest set of `candidates` holding `first` in which every pair of answers (to
-    `names`) that any candidate has occurs at least once.
+@cache
+def unit_tier() -> frozenset[str]:
+    """The combinations whose generated unit tests the matrix runs: a smallest set, holding
+    integration_tier(), in which any three values of any three questions meet in one of the
+    combinations (14 of 32 today). The others get the static checks only: their code is the
+    same templates, and any three answers' interplay is tested in a combination that has
+    them. TEMPLATE_MATRIX=full: every combination."""
+    if os.environ.get("TEMPLATE_MATRIX", "").strip().lower() == "full":
+        return frozenset(combo.id for combo in combos())
+    whole_suite = [combo for combo in combos() if combo.id in integration_tier()]
+    chosen = smallest_cover(combos(), _tier_questions(), 3, whole_suite)
+    return frozenset(combo.id for combo in chosen)
 
-    Branch and bound: take the lowest pair not covered yet and try, in turn, each candidate
-    that has it; a branch stops as soon as it cannot beat the best set found. The greedy set
-    (the candidate covering the most new pairs, each time) is the first bound.
+
+def smallest_cover(
+    candidates: Sequence[Combo], names: list[str], strength: int, required: Sequence[Combo]
+) -> list[Combo]:
+    """A smallest set of `candidates` holding `required` in which every `strength` answers
+    (to different questions among `names`) that any candidate has occur together at least
+    once (a covering array).
+
+    Branch and bound: take the lowest tuple not covered yet and try, in turn, each candidate
+    that has it; a branch stops as soon as it cannot beat the best set found (it needs at
+    least the uncovered tuples over the most a candidate holds). The greedy set (the candidate
+    covering the most new tuples, each time) is the first bound.
     """
-    pair_bits: dict[tuple[str, Any, str, Any], int] = {}
+    bits: dict[tuple[Any, ...], int] = {}
     masks: list[int] = []
     for combo in candidates:
         mask = 0
         # In a fixed order (a set's order changes with the hash seed): the same set each run.
-        for pair in sorted(answer_pairs(combo, names), key=repr):
-            mask |= 1 << pair_bits.setdefault(pair, len(pair_bits))
+        for answers in sorted(answer_tuples(combo, names, strength), key=repr):
+            mask |= 1 << bits.setdefault(answers, len(bits))
         masks.append(mask)
-    everything = (1 << len(pair_bits)) - 1
-    start = candidates.index(first)
+    everything = (1 << len(bits)) - 1
+    most = max(mask.bit_count() for mask in masks)
+    start = [candidates.index(combo) for combo in required]
+    start_covered = 0
+    for index in start:
+        start_covered |= masks[index]
 
-    best = [start]
-    covered = masks[start]
+    best, covered = list(start), start_covered
     while covered != everything:
         pick = max(range(len(candidates)), key=lambda i: (masks[i] & ~covered).bit_count())
         best.append(pick)
@@ -304,9 +341,9 @@ def smallest_pair_cover(candidates: Sequence[Combo], names: list[str], first: Co
         if covered == everything:
             best = list(chosen)
             return
-        if len(chosen) + 1 >= len(best):
-            return  # one more member at least: no better than the best set
         missing = everything & ~covered
+        if len(chosen) + -(-missing.bit_count() // most) >= len(best):
+            return  # cannot beat the best set found
         lowest = missing & -missing
         for index, mask in enumerate(masks):
             if mask & lowest:
@@ -314,7 +351,7 @@ def smallest_pair_cover(candidates: Sequence[Combo], names: list[str], first: Co
                 search(chosen, covered | mask)
                 chosen.pop()
 
-    search([start], masks[start])
+    search(start, start_covered)
     return [candidates[index] for index in best]
 
 

@@ -282,15 +282,18 @@ def test_mypy(
     assert proc.returncode == 0, helpers.explain(proc)
 
 
-@parametrize_combos
+@pytest.mark.parametrize(
+    "combo", [combo for combo in COMBOS if combo.id in helpers.unit_tier()], ids=str
+)
 def test_generated_tests(
     rendered: Rendered,
     background_runs: BackgroundRuns,
     generated_suite: Callable[[Combo], Prepared],
 ) -> None:
     """The generated project's own suite passes against the real services (CI=true): its unit
-    tests in every combination; those marked `processes` (they start commands) and its
-    integration tests in helpers.integration_tier().
+    tests in helpers.unit_tier() (any three answers meet in one of those combinations); those
+    marked `processes` (they start commands) and its integration tests in
+    helpers.integration_tier() (any two answers).
 
     Suites of the selected combinations run TEMPLATE_MATRIX_JOBS at a time in the background;
     this test waits for its own."""
@@ -324,18 +327,58 @@ def test_integration_tier_covers_every_pair_of_answers() -> None:
     assert closest in tier
 
 
+def _masks(strength: int) -> dict[str, int]:
+    """Per combination, the bits of the `strength`-answer tuples it holds."""
+    names = [*helpers.multiplying_questions(), *helpers.ALTERNATING]
+    bits: dict[tuple[object, ...], int] = {}
+    masks = {}
+    for combo in COMBOS:
+        mask = 0
+        for answers in helpers.answer_tuples(combo, names, strength):
+            mask |= 1 << bits.setdefault(answers, len(bits))
+        masks[combo.id] = mask
+    return masks
+
+
+def _no_smaller_cover(tier: frozenset[str], required: set[str], strength: int) -> None:
+    masks = _masks(strength)
+    wanted = 0
+    for mask in masks.values():
+        wanted |= mask
+    base = 0
+    for combo_id in required:
+        base |= masks[combo_id]
+    others = [masks[combo.id] for combo in COMBOS if combo.id not in required]
+    for smaller in itertools.combinations(others, len(tier) - 1 - len(required)):
+        covered = base
+        for mask in smaller:
+            covered |= mask
+        assert covered != wanted, f"{len(tier) - 1} combinations cover every {strength} answers"
+
+
 def test_integration_tier_is_a_smallest_pair_cover() -> None:
     """No set one combination smaller (the closest to the defaults still in it) covers every
     pair: each member of the tier costs a whole suite's run."""
-    tier = [combo for combo in COMBOS if combo.id in helpers.integration_tier()]
     names = [*helpers.multiplying_questions(), *helpers.ALTERNATING]
     defaults = {name: helpers.questions()[name].get("default") for name in names}
     closest = min(COMBOS, key=lambda c: sum(c.answers.get(n) != v for n, v in defaults.items()))
-    wanted = set().union(*(helpers.answer_pairs(combo, names) for combo in COMBOS))
-    others = [combo for combo in COMBOS if combo != closest]
-    for smaller in itertools.combinations(others, len(tier) - 2):
-        covered = set().union(*(helpers.answer_pairs(c, names) for c in (closest, *smaller)))
-        assert covered != wanted, f"a smaller tier covers every pair: {closest, *smaller}"
+    _no_smaller_cover(helpers.integration_tier(), {closest.id}, 2)
+
+
+def test_unit_tier_covers_every_three_answers_with_the_integration_tier_in_it() -> None:
+    """Any three values of any three questions meet in a combination whose unit tests run;
+    every combination that runs its integration tests runs its unit tests too, and no set
+    one smaller holding those covers every three answers."""
+    unit, whole = helpers.unit_tier(), helpers.integration_tier()
+    assert whole <= unit
+    masks = _masks(3)
+    wanted = covered = 0
+    for combo_id, mask in masks.items():
+        wanted |= mask
+        if combo_id in unit:
+            covered |= mask
+    assert covered == wanted, "three answers never meet in a unit-tested combination"
+    _no_smaller_cover(unit, set(whole), 3)
 
 
 def test_matrix_covers_copier_yml() -> None:
