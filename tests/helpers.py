@@ -66,6 +66,27 @@ def subdirectory() -> Path:
     return REPO_ROOT / copier_config().get("_subdirectory", "")
 
 
+def shipped_setting_default(field: str) -> str:
+    """The default a new project ships for the settings field `field`, as written in the
+    template's settings (tests read it here instead of typing the value again)."""
+    settings = subdirectory() / "src" / "{{ package_name }}" / "infrastructure" / "config"
+    text = (settings / "settings.py.jinja").read_text(encoding="utf-8")
+    match = re.search(rf"(?m)^\s+{re.escape(field)}: [^=]+= Field\(\s*default=([^,)\s]+)", text)
+    assert match is not None, f"no Field(default=...) for {field} in settings.py.jinja"
+    return match.group(1)
+
+
+def default_migration(script: str) -> tuple[str, str, str]:
+    """(variable, old default, new default) that copier.yml's `_migrations` entry running
+    `script` (replace_old_defaults.py) passes it, from its `VARIABLE=OLD=NEW` argument."""
+    for migration in copier_config().get("_migrations", []):
+        command = migration.get("command", []) if isinstance(migration, dict) else []
+        if any(str(part).endswith(script) for part in command):
+            variable, old, new = str(command[-1]).split("=")
+            return variable, old, new
+    raise AssertionError(f"copier.yml runs no migration {script}")
+
+
 def answers_file_name() -> str:
     return copier_config().get("_answers_file", ".copier-answers.yml")
 

@@ -620,31 +620,28 @@ def _use_legacy_name(env_file: Path, value: int) -> None:
     env_file.write_text(text, encoding="utf-8")
 
 
-# Not a tuned setting: these tests are about the 0.2.0 migration that rewrites this very value
-# in a user's .env (600, the old default, to 15, the one a new project ships); nothing runs
-# with either value here.
-OLD_IDLE = "TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=600"
-# The default a new project ships, read from the template's settings (never typed again here).
-_SHIPPED_IDLE = re.search(
-    r"taskiq_redis_idle_timeout_seconds: float = Field\(default=(\d+)",
-    (
-        helpers.subdirectory()
-        / "src"
-        / "{{ package_name }}"
-        / "infrastructure"
-        / "config"
-        / "settings.py.jinja"
-    ).read_text(encoding="utf-8"),
+# Not tuned settings: these tests are about the 0.2.0 migration that rewrites the Redis idle
+# timeout's old default in a user's .env to the new one, and nothing runs with either value
+# here. Both are read from copier.yml's migration entry (what `copier update` really passes).
+IDLE_VARIABLE, OLD_IDLE_SECONDS, MIGRATED_IDLE_SECONDS = helpers.default_migration(
+    DEFAULTS_MIGRATION_SCRIPT
 )
-assert _SHIPPED_IDLE is not None, "the idle timeout's default moved: update this test"
-NEW_IDLE = f"TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS={_SHIPPED_IDLE.group(1)}"
+OLD_IDLE = f"{IDLE_VARIABLE}={OLD_IDLE_SECONDS}"
+# The default a new project ships, read from the template's settings (never typed again here).
+SHIPPED_IDLE_SECONDS = helpers.shipped_setting_default("taskiq_redis_idle_timeout_seconds")
+NEW_IDLE = f"{IDLE_VARIABLE}={SHIPPED_IDLE_SECONDS}"
+
+
+def test_the_idle_timeout_migration_moves_env_to_the_default_a_new_project_ships() -> None:
+    assert IDLE_VARIABLE == "TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS"
+    assert MIGRATED_IDLE_SECONDS == SHIPPED_IDLE_SECONDS
 
 
 def _use_old_idle_default(env_file: Path) -> None:
-    """A .env copied from an older .env.example: the Redis idle timeout's old default, 600."""
+    """A .env copied from an older .env.example: the Redis idle timeout's old default."""
     text = env_file.read_text(encoding="utf-8")
     # The migration's input (see OLD_IDLE): nothing runs with this value.
-    text, count = re.subn(r"(?m)^TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=.*$", OLD_IDLE, text)
+    text, count = re.subn(rf"(?m)^{IDLE_VARIABLE}=.*$", OLD_IDLE, text)
     if count == 0:  # a RabbitMQ project has none; the script doesn't care
         text += f"{OLD_IDLE}\n"
     env_file.write_text(text, encoding="utf-8")
@@ -753,14 +750,14 @@ def test_replace_old_defaults_changes_only_the_old_default_and_is_idempotent(
     env = tmp_path / ".env"
     # The migration's input, not a setting anything runs with (see OLD_IDLE).
     original = (
-        "# TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=600 in a comment stays\r\n"
-        "export TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS = '600.0'\r\n"
-        "OTHER=600"
+        f"# {OLD_IDLE} in a comment stays\r\n"
+        f"export {IDLE_VARIABLE} = '{OLD_IDLE_SECONDS}.0'\r\n"
+        f"OTHER={OLD_IDLE_SECONDS}"
     )
     env.write_text(original, encoding="utf-8")
     env.chmod(0o600)
-    # The migration's own argument (old default=new default), not a setting under test.
-    change = ["TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=600=15"]
+    # The migration's own argument as copier.yml passes it (see OLD_IDLE), not a setting.
+    change = [f"{OLD_IDLE}={MIGRATED_IDLE_SECONDS}"]
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("VERSION_CURRENT", "0.2.0")
     assert replace.main(change) == 0
@@ -769,17 +766,19 @@ def test_replace_old_defaults_changes_only_the_old_default_and_is_idempotent(
     assert env.read_bytes().decode() == once
     # The migration's expected output (see OLD_IDLE), not a setting anything runs with.
     assert once == (
-        "# TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=600 in a comment stays\r\n"
-        "# taskiq-template migration 0.2.0: TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS was 600, "
-        "the old default; the new default is 15.\r\n"
-        "export TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS = 15\r\n"
-        "OTHER=600"
+        f"# {OLD_IDLE} in a comment stays\r\n"
+        f"# taskiq-template migration 0.2.0: {IDLE_VARIABLE} was {OLD_IDLE_SECONDS}, "
+        f"the old default; the new default is {MIGRATED_IDLE_SECONDS}.\r\n"
+        f"export {IDLE_VARIABLE} = {MIGRATED_IDLE_SECONDS}\r\n"
+        f"OTHER={OLD_IDLE_SECONDS}"
     )
     assert env.stat().st_mode & 0o777 == 0o600
-    # A value the user chose is theirs (migration input again: nothing runs with it).
-    env.write_text("TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=900\n", encoding="utf-8")
+    # A value the user chose is theirs: any value but the old default (migration input again,
+    # nothing runs with it).
+    chosen = f"{IDLE_VARIABLE}={int(OLD_IDLE_SECONDS) + 300}\n"
+    env.write_text(chosen, encoding="utf-8")
     assert replace.main(change) == 0
-    assert env.read_text(encoding="utf-8") == "TASKIQ_REDIS_IDLE_TIMEOUT_SECONDS=900\n"
+    assert env.read_text(encoding="utf-8") == chosen
 
 
 @pytest.mark.parametrize(

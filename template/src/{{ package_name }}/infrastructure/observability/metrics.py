@@ -130,7 +130,7 @@ class HttpMetricsMiddleware:
         self.app = app
         # The labelled children, kept per (method, route, status): `.labels()` validates and
         # looks them up under a lock on every call, a cost per request that buys nothing here.
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def _record(self, method: str, route: str, status_code: int, seconds: float) -> None:
         # A client may send any token as a method: the others share one label value.
